@@ -1,0 +1,3 @@
+"""runner: a declarative workflow runner that survives flaky networks and crashes."""
+
+__version__ = "0.1.0"

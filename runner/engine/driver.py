@@ -1,0 +1,728 @@
+"""The engine's loop: decide, record, then act.
+
+One thread drives a run. Each turn it takes the outcomes of finished jobs,
+decides what follows (retry, next steps, turning back), and records all of it
+in one transaction before it starts any process. So what happens together
+(steps finishing at once, a step's end and its dependents' start) costs one
+commit, and a crash at any instant leaves a journal that says exactly which
+attempts may have been running.
+
+Forward, steps start as soon as their needs are done, within the run's
+concurrency and each pool's limit. On a permanent failure (or exhausted
+retries with `on_exhausted: compensate`) the run turns back: no new step
+starts, running ones finish, then each succeeded step's `compensate` runs
+after every succeeded step that needs it has been compensated.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import queue
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.engine import jobs, values
+from runner.engine.crashpoints import crashpoint
+from runner.engine.jobs import Job, Launch
+from runner.engine.process import AttemptResult
+from runner.errors import ExitCode
+from runner.policy.backoff import decide_retry
+from runner.policy.classify import Classification, Failure, classify
+from runner.spec import expressions
+from runner.spec.model import OnExhausted, RetryPolicy, Step, Workflow
+from runner.store.sqlite import Store, Txn
+
+DONE = frozenset({"succeeded", "skipped"})
+FINAL = frozenset({"succeeded", "skipped", "failed", "cancelled"})
+LEASE_SECONDS = float(os.environ.get("RUNNER_LEASE_SECONDS", "30"))
+Reporter = Callable[[str, str | None, dict[str, Any]], None]
+
+
+@dataclass
+class StepState:
+    step: Step
+    position: int
+    status: str = "pending"
+    attempts: int = 0
+    seq: int = 0
+    comp_attempts: int = 0
+    first_started_at: float | None = None
+    due_at: float | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Write:
+    """A change to record in the next transaction."""
+
+    apply: Callable[[Txn], None]
+
+
+class Driver:
+    """Drives one run, forward or backward, until it ends or is stopped."""
+
+    def __init__(
+        self,
+        store: Store,
+        run: dict[str, Any],
+        workflow: Workflow,
+        params: dict[str, Any],
+        *,
+        concurrency: int,
+        reporter: Reporter,
+    ) -> None:
+        self.store = store
+        self.run_id: str = run["run_id"]
+        self.epoch: int = run["epoch"]
+        self.workflow = workflow
+        self.renderer = values.Renderer(workflow, params)
+        self.concurrency = max(1, concurrency)
+        self.report = reporter
+        self.backward = run["status"] == "compensating"
+        self.states = {
+            row["name"]: _state(workflow.steps[row["name"]], row)
+            for row in store.steps(self.run_id)
+        }
+        self.dependents: dict[str, list[str]] = {name: [] for name in workflow.steps}
+        for step in workflow.steps.values():
+            for needed in step.needs:
+                self.dependents[needed].append(step.name)
+        self.writes: list[Write] = []
+        self.done: queue.Queue[Job] = queue.Queue()
+        self.running: dict[str, Job] = {}
+        self.pool_use: dict[str | None, int] = {}
+        self.ready: dict[str | None, deque[str]] = {
+            pool: deque() for pool in (None, *workflow.pools)
+        }
+        self.waiting: list[tuple[float, str]] = []
+        self.remaining: dict[str, int] = {}
+        self.stop_signal: int | None = None
+        self.lease_renewed = time.monotonic()
+
+    # The loop -----------------------------------------------------------------
+
+    def drive(self) -> ExitCode:
+        self._prepare()
+        while True:
+            self._collect(block=False)
+            if self.stop_signal is not None:
+                return self._interrupt()
+            launches = self._plan()
+            self._flush()
+            self._start(launches)
+            if not self.running and not launches and not self._has_pending_work():
+                return self._finish()
+            self._collect(block=True)
+
+    def request_stop(self, signum: int) -> None:
+        """From a signal handler: stop at the next turn of the loop."""
+        self.stop_signal = signum
+        self.done.put_nowait(_WAKE)
+
+    def _prepare(self) -> None:
+        for name, state in self.states.items():
+            if state.status == "waiting" and state.due_at is not None:
+                heapq.heappush(self.waiting, (state.due_at, name))
+        if self.backward:
+            for name, state in self.states.items():
+                if state.status == "compensating" and state.due_at is None:
+                    self._enqueue(name)
+            self._queue_compensations()
+            return
+        for name, state in self.states.items():
+            needs = self.workflow.steps[name].needs
+            self.remaining[name] = sum(self.states[n].status not in DONE for n in needs)
+            if state.status == "pending" and self.remaining[name] == 0:
+                self._enqueue(name)
+
+    def _collect(self, *, block: bool) -> None:
+        timeout = self._wait_time() if block else 0.0
+        try:
+            job = self.done.get(timeout=timeout) if block else self.done.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if job is not _WAKE:
+                self._finished(job)
+            try:
+                job = self.done.get_nowait()
+            except queue.Empty:
+                return
+
+    def _wait_time(self) -> float:
+        wait = LEASE_SECONDS / 3
+        if self.waiting:
+            wait = min(wait, max(0.0, self.waiting[0][0] - time.time()))
+        elapsed = time.monotonic() - self.lease_renewed
+        if elapsed >= LEASE_SECONDS / 3:
+            self._renew_lease()
+        return max(0.001, wait)
+
+    def _renew_lease(self) -> None:
+        with self.store.write(self.run_id, self.epoch) as txn:
+            txn.update_run(self.run_id, lease_until=txn.now + LEASE_SECONDS)
+        self.lease_renewed = time.monotonic()
+
+    def _has_pending_work(self) -> bool:
+        return bool(self.waiting) or any(self.ready.values())
+
+    def _flush(self) -> None:
+        if not self.writes:
+            return
+        writes, self.writes = self.writes, []
+        with self.store.write(self.run_id, self.epoch) as txn:
+            txn.update_run(self.run_id, lease_until=txn.now + LEASE_SECONDS)
+            for write in writes:
+                write.apply(txn)
+        self.lease_renewed = time.monotonic()
+
+    def _record(self, apply: Callable[[Txn], None]) -> None:
+        self.writes.append(Write(apply))
+
+    # Deciding what starts -------------------------------------------------------
+
+    def _enqueue(self, name: str) -> None:
+        self.ready[self.workflow.steps[name].pool].append(name)
+
+    def _plan(self) -> list[Launch]:
+        self._wake_due()
+        launches: list[Launch] = []
+        if self.backward and self._forward_running():
+            return launches
+        for pool, names in self.ready.items():
+            limit = self.workflow.pools.get(pool) if pool else None
+            while names and len(self.running) + len(launches) < self.concurrency:
+                if limit is not None and self.pool_use.get(pool, 0) >= limit:
+                    break
+                launch = self._launch(names.popleft())
+                if launch is not None:
+                    launches.append(launch)
+                    self.pool_use[pool] = self.pool_use.get(pool, 0) + 1
+        return launches
+
+    def _forward_running(self) -> bool:
+        return any(job.launch.kind == "run" for job in self.running.values())
+
+    def _wake_due(self) -> None:
+        now = time.time()
+        while self.waiting and self.waiting[0][0] <= now:
+            _, name = heapq.heappop(self.waiting)
+            state = self.states[name]
+            if state.status in ("waiting", "compensating") and name not in self.running:
+                self._enqueue(name)
+
+    def _launch(self, name: str) -> Launch | None:
+        if self.backward:
+            return self._launch_compensation(name)
+        state = self.states[name]
+        step = state.step
+        views = self._views()
+        try:
+            env = self.renderer.step_env(step, views)
+            if not self.renderer.condition(step, env, views):
+                self._settle(name, "skipped", message="'if' was false")
+                return None
+            command, extra = self.renderer.command(step.run, env, views)
+            check = None
+            if step.check is not None:
+                check, more = self.renderer.command(step.check, env, views)
+                extra.update(more)
+        except expressions.ExpressionError as error:
+            self._fail_permanently(name, f"expression: {error.message}")
+            return None
+        return self._begin(state, "run", command, check, {**env, **extra})
+
+    def _begin(
+        self,
+        state: StepState,
+        kind: str,
+        command: Any,
+        check: Any,
+        env: dict[str, str],
+    ) -> Launch:
+        step = state.step
+        state.seq += 1
+        now = time.time()
+        number = (state.attempts if kind == "run" else state.comp_attempts) + 1
+        token = f"{self.run_id}/{step.name}/{state.seq}"
+        folder = jobs.log_dir(self.store.state_dir, self.run_id, step.name)
+        prefix = os.path.join(folder, f"{state.seq}.{kind}")
+        env.update(
+            RUNNER_RUN_ID=self.run_id,
+            RUNNER_STEP=step.name,
+            RUNNER_ATTEMPT=str(number),
+            RUNNER_IDEMPOTENCY_KEY=f"{self.run_id}:{step.name}",
+            RUNNER_OUTPUT=prefix + ".output",
+            **{jobs.TOKEN_VAR: token},
+        )
+        if kind == "compensate":
+            env["RUNNER_COMPENSATING"] = "1"
+        if state.first_started_at is None and kind == "run":
+            state.first_started_at = now
+        state.status = "running" if kind == "run" else "compensating"
+        timeout, retry = self._limits(step, kind)
+        launch = Launch(
+            step=step.name,
+            kind=kind,
+            seq=state.seq,
+            number=number,
+            command=command,
+            check=check if kind == "run" else None,
+            env=env,
+            cwd=step.cwd,
+            timeout=timeout,
+            kill_grace=step.kill_grace,
+            log_prefix=prefix,
+        )
+        seq, status, first = state.seq, state.status, state.first_started_at
+
+        def apply(txn: Txn) -> None:
+            txn.update_step(
+                self.run_id,
+                step.name,
+                status=status,
+                seq=seq,
+                started_at=now,
+                first_started_at=first,
+                due_at=None,
+                process=token,
+            )
+            txn.insert_attempt(
+                self.run_id,
+                {
+                    "step": step.name,
+                    "seq": seq,
+                    "kind": kind,
+                    "number": number,
+                    "status": "running",
+                    "started_at": now,
+                },
+            )
+            txn.event(f"{kind}.attempt_started", self.run_id, step.name, attempt=number)
+
+        self._record(apply)
+        self.report(status, step.name, {"attempt": number, "kind": kind})
+        return launch
+
+    def _limits(self, step: Step, kind: str) -> tuple[float | None, RetryPolicy]:
+        if kind == "compensate" and step.compensate is not None:
+            timeout = step.compensate.timeout
+            return (step.timeout if timeout is None else timeout), step.compensate.retry
+        return step.timeout, step.retry
+
+    def _start(self, launches: list[Launch]) -> None:
+        if launches:
+            crashpoint("step.after_start_commit")
+        for launch in launches:
+            job = Job(launch)
+            self.running[launch.step] = job
+            job.start(self.done)
+        if launches:
+            crashpoint("step.after_spawn")
+
+    def _views(self) -> dict[str, values.StepView]:
+        return {
+            name: values.StepView(state.status, state.outputs)
+            for name, state in self.states.items()
+        }
+
+    # Outcomes -------------------------------------------------------------------
+
+    def _finished(self, job: Job) -> None:
+        launch = job.launch
+        self.running.pop(launch.step, None)
+        pool = self.workflow.steps[launch.step].pool
+        self.pool_use[pool] = self.pool_use.get(pool, 1) - 1
+        if job.interrupted:
+            self._interrupted(job)
+            return
+        crashpoint(f"{'step' if launch.kind == 'run' else 'compensation'}.after_exit")
+        outcome = job.outcome
+        result = outcome.result
+        self._end_attempt(job, result)
+        if outcome.skipped_by_check:
+            self._settle(launch.step, "skipped", message="check: already done")
+        elif outcome.error is not None:
+            self._failed(job, Classification("permanent", f"runner: {outcome.error}"))
+        elif result is not None and _succeeded(result):
+            self._succeeded(job)
+        else:
+            assert result is not None
+            self._failed(job, classify(_failure(result), self._rules(launch)))
+
+    def _rules(self, launch: Launch) -> tuple[Any, ...]:
+        return self.workflow.steps[launch.step].classify
+
+    def _end_attempt(self, job: Job, result: AttemptResult | None) -> None:
+        launch = job.launch
+        now = time.time()
+        fields: dict[str, Any] = {"ended_at": now}
+        if result is not None:
+            fields.update(
+                exit_code=result.exit_code,
+                signal=result.signal,
+                tail=_tail(result),
+                status="timed_out"
+                if result.timed_out
+                else ("succeeded" if _succeeded(result) else "failed"),
+            )
+        elif job.outcome.skipped_by_check:
+            fields["status"] = "skipped"
+        else:
+            fields.update(status="failed", message=job.outcome.error)
+
+        def apply(txn: Txn) -> None:
+            txn.update_attempt(self.run_id, launch.step, launch.seq, **fields)
+
+        self._record(apply)
+
+    def _succeeded(self, job: Job) -> None:
+        launch = job.launch
+        state = self.states[launch.step]
+        if launch.kind == "compensate":
+            state.comp_attempts += 1
+            self._settle(launch.step, "compensated")
+            return
+        state.attempts += 1
+        state.outputs = values.parse_outputs(launch.log_prefix + ".output")
+        self._settle(launch.step, "succeeded", outputs=state.outputs)
+
+    def _failed(self, job: Job, verdict: Classification) -> None:
+        launch = job.launch
+        state = self.states[launch.step]
+        kind = launch.kind
+        if kind == "run":
+            state.attempts += 1
+        else:
+            state.comp_attempts += 1
+        made = state.attempts if kind == "run" else state.comp_attempts
+        _, policy = self._limits(state.step, kind)
+        elapsed = time.time() - (state.first_started_at or time.time())
+        decision = decide_retry(
+            policy, verdict.error_class, made, elapsed, random.random
+        )
+        info = {"error_class": verdict.error_class, "rule": verdict.rule}
+        self._record(
+            lambda txn: txn.update_attempt(self.run_id, launch.step, launch.seq, **info)
+        )
+        self._record(
+            lambda txn: txn.event(
+                f"{kind}.attempt_failed", self.run_id, launch.step, attempt=made, **info
+            )
+        )
+        turning = self.backward and kind == "run"
+        if decision.retry and not turning:
+            self._schedule_retry(state, kind, decision.delay, verdict, decision.reason)
+            return
+        final = "compensation_failed" if kind == "compensate" else "failed"
+        self._settle(launch.step, final, verdict=verdict, reason=decision.reason)
+        if (
+            kind == "run"
+            and not self.backward
+            and (
+                verdict.error_class == "permanent"
+                or state.step.on_exhausted is OnExhausted.COMPENSATE
+            )
+        ):
+            self._turn_back(launch.step, verdict)
+
+    def _schedule_retry(
+        self,
+        state: StepState,
+        kind: str,
+        delay: float,
+        verdict: Classification,
+        reason: str,
+    ) -> None:
+        name = state.step.name
+        due = time.time() + delay
+        state.status = "waiting" if kind == "run" else "compensating"
+        state.due_at = due
+        heapq.heappush(self.waiting, (due, name))
+        status = state.status
+
+        def apply(txn: Txn) -> None:
+            txn.update_step(
+                self.run_id,
+                name,
+                status=status,
+                due_at=due,
+                error_class=verdict.error_class,
+                rule=verdict.rule,
+                message=reason,
+            )
+            txn.event(
+                "retry.scheduled",
+                self.run_id,
+                name,
+                delay=round(delay, 3),
+                error_class=verdict.error_class,
+                kind=kind,
+            )
+
+        self._record(apply)
+        self.report("waiting", name, {"delay": delay, "reason": reason})
+
+    def _fail_permanently(self, name: str, message: str) -> None:
+        verdict = Classification("permanent", message)
+        self._settle(name, "failed", verdict=verdict, reason=message)
+        if not self.backward:
+            self._turn_back(name, verdict)
+
+    def _settle(
+        self,
+        name: str,
+        status: str,
+        *,
+        outputs: dict[str, str] | None = None,
+        verdict: Classification | None = None,
+        reason: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Record a step's new status; release its dependents when done."""
+        state = self.states[name]
+        state.status = status
+        state.due_at = None
+        now = time.time()
+        fields: dict[str, Any] = {"status": status, "ended_at": now, "due_at": None}
+        fields["attempts"] = state.attempts
+        fields["comp_attempts"] = state.comp_attempts
+        if outputs is not None:
+            fields["outputs"] = json.dumps(outputs)
+        if verdict is not None:
+            fields.update(error_class=verdict.error_class, rule=verdict.rule)
+        if reason or message:
+            fields["message"] = reason or message
+
+        def apply(txn: Txn) -> None:
+            txn.update_step(self.run_id, name, **fields)
+            txn.event(f"step.{status}", self.run_id, name, **_short(fields))
+
+        self._record(apply)
+        self.report(status, name, {"message": reason or message})
+        if self.backward:
+            if status in ("succeeded", "compensated", "compensation_failed"):
+                self._queue_compensations()
+        elif status in DONE:
+            self._release(name)
+
+    def _release(self, name: str) -> None:
+        for dependent in self.dependents[name]:
+            self.remaining[dependent] -= 1
+            if (
+                self.remaining[dependent] == 0
+                and self.states[dependent].status == "pending"
+            ):
+                self._enqueue(dependent)
+
+    # Turning back ---------------------------------------------------------------
+
+    def _turn_back(self, name: str, verdict: Classification) -> None:
+        """Start no new step; compensate once running steps have finished."""
+        self.backward = True
+        for names in self.ready.values():
+            names.clear()
+        self.waiting.clear()
+        reason = f"step {name} failed ({verdict.error_class}: {verdict.rule})"
+        for other, state in self.states.items():
+            if state.status == "pending":
+                self._settle(other, "cancelled", message="the run turned back")
+            elif state.status == "waiting":
+                self._settle(
+                    other, "failed", message="not retried: the run turned back"
+                )
+
+        def apply(txn: Txn) -> None:
+            txn.update_run(self.run_id, status="compensating", reason=reason)
+            txn.event("run.compensating", self.run_id, name, reason=reason)
+
+        self._record(apply)
+        self.report("compensating", None, {"reason": reason})
+        self._queue_compensations()
+
+    def _queue_compensations(self) -> None:
+        """Queue every compensation whose succeeded dependents are all done."""
+        queued = {n for names in self.ready.values() for n in names}
+        for name in self._compensable():
+            if name not in queued and name not in self.running:
+                self._enqueue(name)
+
+    def _compensable(self) -> list[str]:
+        done = self._backward_done()
+        order = sorted(self.states, key=lambda n: -self.states[n].position)
+        return [
+            name
+            for name in order
+            if self.states[name].status == "succeeded"
+            and self.states[name].step.compensate is not None
+            and all(done[d] for d in self.dependents[name])
+        ]
+
+    def _backward_done(self) -> dict[str, bool]:
+        """Whether each step needs no more compensation work, before its needs."""
+        done: dict[str, bool] = {}
+        for name in _reverse_topological(self.workflow):
+            state = self.states[name]
+            if state.status == "succeeded":
+                done[name] = state.step.compensate is None and all(
+                    done[d] for d in self.dependents[name]
+                )
+            else:
+                done[name] = state.status not in ("compensating", "compensation_failed")
+        return done
+
+    def _launch_compensation(self, name: str) -> Launch | None:
+        state = self.states[name]
+        compensation = state.step.compensate
+        if compensation is None or state.status not in ("succeeded", "compensating"):
+            return None
+        views = self._views()
+        try:
+            env = self.renderer.step_env(state.step, views)
+            command, extra = self.renderer.command(compensation.run, env, views)
+        except expressions.ExpressionError as error:
+            verdict = Classification("permanent", f"expression: {error.message}")
+            self._settle(name, "compensation_failed", verdict=verdict)
+            return None
+        return self._begin(state, "compensate", command, None, {**env, **extra})
+
+    # Endings --------------------------------------------------------------------
+
+    def _finish(self) -> ExitCode:
+        status = self._final_status()
+        crashpoint("run.before_finish_commit")
+        self._record(lambda txn: self._close_run(txn, status))
+        self._flush()
+        self.report(status, None, {})
+        return ExitCode.OK if status == "succeeded" else ExitCode.RUN_FAILED
+
+    def _final_status(self) -> str:
+        statuses = {state.status for state in self.states.values()}
+        if self.backward:
+            return (
+                "compensation_failed"
+                if "compensation_failed" in statuses
+                else ("compensated")
+            )
+        return "succeeded" if statuses <= DONE else "failed"
+
+    def _close_run(self, txn: Txn, status: str) -> None:
+        txn.update_run(self.run_id, status=status, ended_at=txn.now, lease_until=0)
+        txn.event(f"run.{status}", self.run_id)
+
+    def _interrupt(self) -> ExitCode:
+        signum = self.stop_signal or signal.SIGTERM
+        for job in list(self.running.values()):
+            job.interrupt(signum)
+        while self.running:
+            job = self.done.get()
+            if job is not _WAKE:
+                self.running.pop(job.launch.step, None)
+                self._interrupted(job)
+
+        def apply(txn: Txn) -> None:
+            txn.update_run(self.run_id, status="interrupted", lease_until=0)
+            txn.event("run.interrupted", self.run_id, signal=signum)
+
+        self._record(apply)
+        self._flush()
+        self.report("interrupted", None, {"signal": signum})
+        return ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM
+
+    def _interrupted(self, job: Job) -> None:
+        """An attempt cut short by a signal: it spends no retry budget."""
+        launch = job.launch
+        state = self.states[launch.step]
+        state.status = "interrupted"
+        name, seq = launch.step, launch.seq
+
+        def apply(txn: Txn) -> None:
+            txn.update_attempt(
+                self.run_id, name, seq, status="interrupted", ended_at=txn.now
+            )
+            txn.update_step(self.run_id, name, status="interrupted")
+            txn.event("step.interrupted", self.run_id, name)
+
+        self._record(apply)
+        self.report("interrupted", name, {})
+
+
+class _Wake:
+    """Put on the queue to wake the loop without an outcome."""
+
+    launch: Launch
+
+
+_WAKE: Any = _Wake()
+
+
+def _state(step: Step, row: dict[str, Any]) -> StepState:
+    return StepState(
+        step=step,
+        position=row["position"],
+        status=row["status"],
+        attempts=row["attempts"],
+        seq=row["seq"],
+        comp_attempts=row["comp_attempts"],
+        first_started_at=row["first_started_at"],
+        due_at=row["due_at"],
+        outputs=json.loads(row["outputs"]) if row["outputs"] else {},
+    )
+
+
+def _succeeded(result: AttemptResult) -> bool:
+    return result.exit_code == 0 and not result.timed_out and result.spawn_error is None
+
+
+def _failure(result: AttemptResult) -> Failure:
+    return Failure(
+        exit_code=result.exit_code,
+        signal=result.signal,
+        timed_out=result.timed_out,
+        spawn_error=result.spawn_error,
+        stdout_tail=result.stdout_tail,
+        stderr_tail=result.stderr_tail,
+    )
+
+
+def _tail(result: AttemptResult) -> str:
+    """The last lines of output kept in the store, for `status` and redrive."""
+    raw = (result.stderr_tail or result.stdout_tail)[-2048:]
+    if result.spawn_error:
+        return result.spawn_error
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def _short(fields: dict[str, Any]) -> dict[str, Any]:
+    keep = ("error_class", "rule", "message")
+    return {key: fields[key] for key in keep if fields.get(key)}
+
+
+def _reverse_topological(workflow: Workflow) -> list[str]:
+    """Steps with every dependent before the step itself."""
+    order: list[str] = []
+    seen: set[str] = set()
+    dependents: dict[str, list[str]] = {name: [] for name in workflow.steps}
+    for step in workflow.steps.values():
+        for needed in step.needs:
+            dependents[needed].append(step.name)
+    for root in workflow.steps:
+        stack: list[tuple[str, bool]] = [(root, False)]
+        while stack:
+            name, expanded = stack.pop()
+            if expanded:
+                order.append(name)
+                continue
+            if name in seen:
+                continue
+            seen.add(name)
+            stack.append((name, True))
+            stack.extend((d, False) for d in dependents[name] if d not in seen)
+    return order

@@ -1,0 +1,117 @@
+"""A job: one attempt of a step or of its compensation, run in a worker thread.
+
+The engine decides and records; a job only runs processes: the step's `check`
+first (exit 0 means the work is done), then the command. Its outcome goes back
+to the engine through a queue; the engine's thread alone touches the store.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+
+from runner.engine.process import Attempt, AttemptResult, AttemptSpec
+from runner.spec.model import Command
+
+TOKEN_VAR = "RUNNER_ATTEMPT_TOKEN"
+"""Marks every process of an attempt, so resume can find what a dead runner
+left running, even a process started just before the crash."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything a job needs to run, decided and recorded by the engine."""
+
+    step: str
+    kind: str
+    """`run` or `compensate`."""
+    seq: int
+    number: int
+    command: Command
+    check: Command | None
+    env: dict[str, str]
+    cwd: str
+    timeout: float | None
+    kill_grace: float
+    log_prefix: str
+    """Log files are LOG_PREFIX.stdout and LOG_PREFIX.stderr (and .check.*)."""
+
+
+@dataclass
+class Outcome:
+    result: AttemptResult | None = None
+    skipped_by_check: bool = False
+    error: str | None = None
+    """An unexpected exception in the worker: recorded, never swallowed."""
+
+
+@dataclass
+class Job:
+    launch: Launch
+    outcome: Outcome = field(default_factory=Outcome)
+    _attempt: Attempt | None = None
+    _stopped: int | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self, done: queue.Queue[Job]) -> None:
+        thread = threading.Thread(target=self._work, args=(done,), daemon=True)
+        thread.start()
+
+    def interrupt(self, sig: int) -> None:
+        with self._lock:
+            self._stopped = sig
+            attempt = self._attempt
+        if attempt is not None:
+            attempt.interrupt(sig)
+
+    @property
+    def interrupted(self) -> bool:
+        return self._stopped is not None
+
+    def _work(self, done: queue.Queue[Job]) -> None:
+        try:
+            self.outcome = self._execute()
+        except Exception as error:  # reported as the step's failure, with its text
+            self.outcome = Outcome(error=f"{type(error).__name__}: {error}")
+        done.put(self)
+
+    def _execute(self) -> Outcome:
+        launch = self.launch
+        if launch.check is not None:
+            checked = self._run(launch.check, launch.log_prefix + ".check")
+            if checked.exit_code == 0 and not checked.timed_out:
+                return Outcome(skipped_by_check=True)
+        return Outcome(result=self._run(launch.command, launch.log_prefix))
+
+    def _run(self, command: Command, prefix: str) -> AttemptResult:
+        launch = self.launch
+        spec = AttemptSpec(
+            command=command,
+            cwd=launch.cwd,
+            env=launch.env,
+            timeout=launch.timeout,
+            kill_grace=launch.kill_grace,
+            stdout_path=prefix + ".stdout",
+            stderr_path=prefix + ".stderr",
+        )
+        attempt = Attempt(spec)
+        with self._lock:
+            self._attempt = attempt
+            stopped = self._stopped
+        if stopped is not None:
+            attempt.interrupt(stopped)
+        return attempt.run()
+
+
+def log_dir(state_dir: str, run_id: str, step: str) -> str:
+    """The folder of a step's logs and output files, each level private."""
+    path = state_dir
+    for part in ("logs", run_id, step):
+        path = os.path.join(path, part)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+    return path

@@ -1,0 +1,726 @@
+"""One attempt of a step: a process group, its logs, its timeout, its end.
+
+Every attempt runs in its own session and process group, so a timeout, an
+interrupt or the end of the step reaches all of its processes, and a terminal's
+Ctrl-C reaches none of them. Both output streams are drained together in 64 KiB
+chunks into per-attempt log files, capped at `max_log_bytes`, with only a
+bounded tail kept in memory, so no output size can stall or grow the runner.
+
+The child waits at a gate until `on_started` has returned: the engine records
+the process identity durably before the step does any work, so that `resume`
+can always find what a dead runner left behind (`kill_leftover`).
+
+Nothing here installs signal handlers; an `Attempt` is driven by one worker
+thread and may be interrupted from any other.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import selectors
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import Popen
+
+from runner.engine import procinfo
+from runner.engine.procinfo import enable_subreaper
+
+__all__ = [
+    "TRACKING_VAR",
+    "Attempt",
+    "AttemptResult",
+    "AttemptSpec",
+    "ProcessIdentity",
+    "enable_subreaper",
+    "kill_leftover",
+]
+
+CHUNK = 64 * 1024
+TRACKING_VAR = "RUNNER_TRACKING_ID"
+"""Set in each child's environment when `track_escapees` is on; a process that
+leaves the step's group (setsid, double fork) is still found by it."""
+
+# The gate: the child's stdin is a pipe that the parent writes one line to
+# once `on_started` has returned; only then does the shell exec the command,
+# with stdin from /dev/null, so the gate's fd does not reach the command. When
+# the parent closes the gate without writing, the command never starts. The
+# shell exports PWD, which the command must not see unless the spec set it.
+_GATE_SCRIPT = 'read -r _ || exit 125; exec "$@" </dev/null'
+_GATE_SCRIPT_NO_PWD = 'read -r _ || exit 125; unset PWD; exec "$@" </dev/null'
+_SHELL = "/bin/sh"
+_POLL = 0.05  # how often to look for the leader's exit when there is no pidfd
+_SETTLE = 0.01  # how often to look whether killed processes are gone
+
+
+@dataclass(frozen=True)
+class AttemptSpec:
+    """What to run for one attempt, and where its output goes."""
+
+    command: str | tuple[str, ...]
+    """A string runs with `/bin/sh -c`; a tuple is argv, with no shell."""
+    cwd: str
+    env: Mapping[str, str]
+    """The complete environment of the child (plus `TRACKING_VAR`, see below)."""
+    timeout: float | None
+    kill_grace: float
+    stdout_path: str
+    stderr_path: str
+    max_log_bytes: int = 64 * 1024 * 1024
+    """Cap per stream; output past it is counted, not kept, and a
+    "[truncated N bytes]" line ends the log."""
+    tail_bytes: int = 64 * 1024
+    """How much of the end of each stream is kept in memory, to classify."""
+    track_escapees: bool = True
+    """Mark the child's environment with `TRACKING_VAR` and kill, at the end of
+    the attempt, processes carrying the mark that left the process group."""
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """Enough to recognise an attempt's process group after the runner died."""
+
+    pid: int
+    pgid: int
+    start_time: int
+    """Field 22 of /proc/PID/stat, in clock ticks since boot."""
+    boot_id: str
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """How an attempt ended. Exactly one of exit_code, signal, spawn_error is
+    set, unless the attempt was interrupted before its process started."""
+
+    exit_code: int | None
+    signal: str | None
+    timed_out: bool
+    spawn_error: str | None
+    interrupted: bool
+    stdout_tail: bytes
+    stderr_tail: bytes
+    stdout_bytes: int
+    stderr_bytes: int
+    duration: float
+    group_signals: tuple[str, ...] = ()
+    """Signals sent to the group for a timeout or an interrupt, in order, e.g.
+    ("SIGTERM", "SIGKILL"). The SIGKILL that ends leftovers after the leader
+    exits is not listed: it is always sent."""
+    escaped: tuple[int, ...] = ()
+    """Pids of processes that had left the group and were killed."""
+
+
+class _CannotStart(Exception):
+    """The command cannot be started: a permanent failure of the step."""
+
+
+@dataclass
+class _Stream:
+    """One output stream: its log file, its byte counts and its tail."""
+
+    log: int
+    max_bytes: int
+    tail_bytes: int
+    total: int = 0
+    kept: int = 0
+    tail: bytearray = field(default_factory=bytearray)
+
+    @classmethod
+    def open(cls, path: str, max_bytes: int, tail_bytes: int) -> _Stream:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+        log = os.open(path, flags, 0o600)
+        os.fchmod(log, 0o600)  # a file that existed keeps its mode otherwise
+        return cls(log, max_bytes, tail_bytes)
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+
+        room = self.max_bytes - self.kept
+        if room > 0:
+            _write_all(self.log, data[:room])
+            self.kept += min(room, len(data))
+
+        self.tail += data
+        if len(self.tail) > 2 * self.tail_bytes + CHUNK:
+            del self.tail[: len(self.tail) - self.tail_bytes]
+
+    def last_bytes(self) -> bytes:
+        if self.tail_bytes <= 0:
+            return b""
+        return bytes(self.tail[-self.tail_bytes :])
+
+    def close(self) -> None:
+        dropped = self.total - self.kept
+        try:
+            if dropped:
+                _write_all(self.log, f"\n[truncated {dropped} bytes]\n".encode())
+        finally:
+            os.close(self.log)
+
+
+@dataclass
+class _Outcome:
+    returncode: int | None = None
+    spawn_error: str | None = None
+    timed_out: bool = False
+    escaped: tuple[int, ...] = ()
+
+
+class Attempt:
+    """One run of one command; `run` in a worker thread, `interrupt` anywhere."""
+
+    def __init__(
+        self,
+        spec: AttemptSpec,
+        on_started: Callable[[ProcessIdentity], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self._on_started = on_started
+        self._token = secrets.token_hex(16)
+        self._lock = threading.Lock()
+        # Guarded by _lock: interrupt() reads them from another thread.
+        self._begun = False
+        self._pgid: int | None = None
+        self._wake: int | None = None
+        self._leader_exited = False
+        self._reaped = False
+        self._interrupted = False
+        self._kill_at: float | None = None
+        self._sent: list[str] = []
+        self._identity = ProcessIdentity(0, 0, 0, "")
+
+    def run(self) -> AttemptResult:
+        """Run the command; return once its whole process group is gone.
+
+        Raises what `on_started` raises, after killing the group (the command
+        itself never started). Log files that cannot be opened raise OSError.
+        """
+        self._begin()
+        started = time.monotonic()
+
+        spec = self.spec
+        with ExitStack() as stack:
+            out = _Stream.open(spec.stdout_path, spec.max_log_bytes, spec.tail_bytes)
+            stack.callback(out.close)
+            err = _Stream.open(spec.stderr_path, spec.max_log_bytes, spec.tail_bytes)
+            stack.callback(err.close)
+            outcome = self._execute(out, err, stack)
+
+        return self._result(outcome, out, err, time.monotonic() - started)
+
+    def interrupt(self, sig: int) -> None:
+        """Send `sig` to the group, then SIGKILL after kill_grace if it lives.
+
+        Safe from any thread, at any time: before `run` it keeps the command
+        from starting; after the command ended it does nothing.
+        """
+        with self._lock:
+            if self._leader_exited or self._reaped:
+                return
+
+            self._interrupted = True
+            if self._pgid is not None:
+                self._send(sig, record=True)
+                self._arm_kill()
+            if self._wake is not None:
+                os.eventfd_write(self._wake, 1)
+
+    # The phases of run().
+
+    def _begin(self) -> None:
+        with self._lock:
+            if self._begun:
+                raise RuntimeError("an Attempt runs only once")
+            self._begun = True
+
+    def _execute(self, out: _Stream, err: _Stream, stack: ExitStack) -> _Outcome:
+        with self._lock:
+            if self._interrupted:
+                return _Outcome()
+            self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        stack.callback(self._close_wake)
+
+        try:
+            proc, out_r, err_r, gate = self._spawn(stack)
+        except _CannotStart as exc:
+            return _Outcome(spawn_error=str(exc))
+
+        stack.callback(self._reap, proc)
+        self._announce(proc.pid, gate)
+
+        sel = selectors.DefaultSelector()
+        stack.callback(sel.close)
+        sel.register(out_r, selectors.EVENT_READ, out)
+        sel.register(err_r, selectors.EVENT_READ, err)
+        timed_out = self._supervise(proc.pid, sel, stack)
+        escaped = self._finish_group(proc.pid, sel)
+
+        return _Outcome(self._reap(proc), None, timed_out, escaped)
+
+    def _spawn(self, stack: ExitStack) -> tuple[Popen[bytes], int, int, int]:
+        spec = self.spec
+        argv = _gated_argv(spec)
+        env = dict(spec.env)
+        if spec.track_escapees:
+            env[TRACKING_VAR] = self._token
+
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        gate_r, gate_w = os.pipe()
+        for fd in (out_r, err_r):
+            stack.callback(os.close, fd)
+
+        try:
+            proc = Popen(
+                argv,
+                stdin=gate_r,
+                stdout=out_w,
+                stderr=err_w,
+                cwd=spec.cwd,
+                env=env,
+                close_fds=True,
+                start_new_session=True,
+                restore_signals=True,
+            )
+        except (OSError, ValueError) as exc:
+            os.close(gate_w)
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise _CannotStart(_cannot_start(spec, reason)) from exc
+        finally:
+            # The child holds its ends now; EOF comes when no process has them.
+            for fd in (out_w, err_w, gate_r):
+                os.close(fd)
+
+        with self._lock:
+            self._pgid = proc.pid
+        return proc, out_r, err_r, gate_w
+
+    def _announce(self, pid: int, gate: int) -> None:
+        """Hand the identity to on_started, then let the command start."""
+        try:
+            stat = procinfo.read_stat(pid)
+            start_time = stat.start_time if stat is not None else 0
+            self._identity = ProcessIdentity(pid, pid, start_time, procinfo.boot_id())
+            if self._on_started is not None:
+                self._on_started(self._identity)
+
+            with self._lock:
+                if not self._interrupted:
+                    os.write(gate, b"go\n")
+        except BrokenPipeError:
+            pass  # the wrapper was killed meanwhile; its exit status says so
+        finally:
+            # Closed unwritten, the gate makes the wrapper exit 125 at once.
+            os.close(gate)
+
+    def _supervise(
+        self, pid: int, sel: selectors.BaseSelector, stack: ExitStack
+    ) -> bool:
+        """Pump output until the leader exits; enforce timeout and grace."""
+        pidfd = _open_pidfd(pid)
+        if pidfd is not None:
+            stack.callback(os.close, pidfd)
+            sel.register(pidfd, selectors.EVENT_READ, "leader")
+        with self._lock:
+            wake = self._wake
+        assert wake is not None
+        sel.register(wake, selectors.EVENT_READ, "wake")
+
+        timeout = self.spec.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        timed_out = False
+        while not _has_exited(pid):
+            wait = self._wait_time(deadline if not timed_out else None)
+            if pidfd is None:
+                wait = _POLL if wait is None else min(wait, _POLL)
+            _pump(sel, wait)
+
+            now = time.monotonic()
+            if deadline is not None and not timed_out and now >= deadline:
+                timed_out = True
+                self._terminate(signal.SIGTERM)
+            self._escalate(now)
+
+        if pidfd is not None:
+            sel.unregister(pidfd)
+        return timed_out
+
+    def _finish_group(self, pid: int, sel: selectors.BaseSelector) -> tuple[int, ...]:
+        """Kill what the leader left behind, then read the rest of the output.
+
+        A step's background processes must not outlive it, so the group gets
+        SIGKILL as soon as its leader has exited, however it exited. The
+        leader stays unreaped meanwhile: its zombie keeps the pgid from being
+        reused while the group is signalled.
+        """
+        with self._lock:
+            self._leader_exited = True
+            self._kill_at = None
+        _await_group_gone(pid, self._kill_group, lambda: _pump(sel, _SETTLE))
+
+        escaped: tuple[int, ...] = ()
+        if self.spec.track_escapees:
+            mark = f"{TRACKING_VAR}={self._token}".encode()
+            escaped = _kill_marked(mark, self._identity.start_time)
+
+        # No process of the step is left to write, so what the pipes hold is
+        # all there is; a writer outside the group cannot make this wait.
+        _drain(sel)
+        return escaped
+
+    def _reap(self, proc: Popen[bytes]) -> int:
+        """Wait for the leader; on an early exit (an exception) kill first."""
+        with self._lock:
+            already_done = self._reaped or self._leader_exited
+            if not self._reaped:
+                self._send(signal.SIGKILL, record=False)
+                self._reaped = True
+
+        if not already_done:
+            _await_group_gone(proc.pid, lambda: None, lambda: time.sleep(_SETTLE))
+        return proc.wait()
+
+    def _close_wake(self) -> None:
+        with self._lock:
+            if self._wake is not None:
+                os.close(self._wake)
+                self._wake = None
+
+    def _result(
+        self, outcome: _Outcome, out: _Stream, err: _Stream, duration: float
+    ) -> AttemptResult:
+        code = outcome.returncode
+        with self._lock:
+            interrupted = self._interrupted
+            sent = tuple(self._sent)
+
+        return AttemptResult(
+            exit_code=code if code is not None and code >= 0 else None,
+            signal=_signal_name(-code) if code is not None and code < 0 else None,
+            timed_out=outcome.timed_out,
+            spawn_error=outcome.spawn_error,
+            interrupted=interrupted,
+            stdout_tail=out.last_bytes(),
+            stderr_tail=err.last_bytes(),
+            stdout_bytes=out.total,
+            stderr_bytes=err.total,
+            duration=duration,
+            group_signals=sent,
+            escaped=outcome.escaped,
+        )
+
+    # Signalling; the callers below hold _lock or take it.
+
+    def _send(self, sig: int, *, record: bool) -> None:
+        """Signal the group; only while the unreaped leader pins its pgid."""
+        if self._pgid is None or self._reaped:
+            return
+        try:
+            os.killpg(self._pgid, sig)
+        except ProcessLookupError:
+            return
+        if record:
+            self._sent.append(_signal_name(sig))
+
+    def _arm_kill(self) -> None:
+        due = time.monotonic() + self.spec.kill_grace
+        if self._kill_at is None or due < self._kill_at:
+            self._kill_at = due
+
+    def _terminate(self, sig: int) -> None:
+        with self._lock:
+            self._send(sig, record=True)
+            self._arm_kill()
+
+    def _escalate(self, now: float) -> None:
+        with self._lock:
+            if self._kill_at is not None and now >= self._kill_at:
+                self._send(signal.SIGKILL, record=True)
+                self._kill_at = None
+
+    def _kill_group(self) -> None:
+        with self._lock:
+            self._send(signal.SIGKILL, record=False)
+
+    def _wait_time(self, deadline: float | None) -> float | None:
+        with self._lock:
+            due = [t for t in (deadline, self._kill_at) if t is not None]
+        if not due:
+            return None
+        return max(0.0, min(due) - time.monotonic())
+
+
+def kill_leftover(identity: ProcessIdentity, grace: float) -> bool:
+    """End the process group a dead runner's attempt left; True if any was.
+
+    The group is recognised by its leader (same pid and start time) or, when
+    the leader is gone, by members of the pgid in the leader's session that
+    started no earlier than it. Nothing is killed on another boot, nor when the
+    pid now belongs to a different process. SIGTERM first, SIGKILL after
+    `grace`; returns once no member is left.
+    """
+    if identity.boot_id != procinfo.boot_id() or not _is_leftover(identity):
+        return False
+
+    pgid = identity.pgid
+    _killpg_quietly(pgid, signal.SIGTERM)
+    due = time.monotonic() + grace
+    while _leftover_members(identity) and time.monotonic() < due:
+        time.sleep(_SETTLE)
+
+    while _leftover_members(identity):
+        _killpg_quietly(pgid, signal.SIGKILL)
+        time.sleep(_SETTLE)
+    return True
+
+
+def _is_leftover(identity: ProcessIdentity) -> bool:
+    leader = procinfo.read_stat(identity.pid)
+    if leader is not None and leader.start_time != identity.start_time:
+        # The pid is a new process, so the old group cannot exist: the kernel
+        # does not reuse a pid while it is still some group's pgid.
+        return False
+    return bool(_leftover_members(identity))
+
+
+def _leftover_members(identity: ProcessIdentity) -> list[procinfo.ProcStat]:
+    return [
+        p
+        for p in procinfo.group_members(identity.pgid)
+        if p.alive
+        and p.session == identity.pgid
+        and p.start_time >= identity.start_time
+    ]
+
+
+def _killpg_quietly(pgid: int, sig: int) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+# Starting the child.
+
+
+def _gated_argv(spec: AttemptSpec) -> list[str]:
+    """The wrapper's argv; raises _CannotStart when the command cannot start."""
+    _check_cwd(spec)
+    if isinstance(spec.command, str):
+        command = [_SHELL, "-c", spec.command]
+    else:
+        command = [_find_program(spec), *spec.command[1:]]
+    script = _GATE_SCRIPT if "PWD" in spec.env else _GATE_SCRIPT_NO_PWD
+    return [_SHELL, "-c", script, "runner-gate", *command]
+
+
+def _check_cwd(spec: AttemptSpec) -> None:
+    folder = Path(spec.cwd)
+    if not folder.exists():
+        raise _CannotStart(_cannot_start(spec, "no such folder"))
+    if not folder.is_dir() or not os.access(folder, os.X_OK):
+        raise _CannotStart(_cannot_start(spec, "not an accessible folder"))
+
+
+def _find_program(spec: AttemptSpec) -> str:
+    """Where the shell's `exec` will find argv[0], checked beforehand.
+
+    The wrapper shell would report a missing program as exit 127, which a
+    program may also return; checking first makes it a spawn error. The name
+    is passed on as given, so argv[0] is what the workflow says, unless there
+    is no PATH, where shells disagree on the default and the path found is
+    passed instead.
+    """
+    if not spec.command:
+        raise _CannotStart(_cannot_start(spec, "empty command"))
+    program = spec.command[0]
+
+    if "/" in program:
+        problem = _exec_problem(Path(spec.cwd, program))
+        if problem:
+            raise _CannotStart(_cannot_start(spec, os.strerror(problem)))
+        return program
+
+    search = spec.env.get("PATH", os.defpath)
+    problems = []
+    for folder in search.split(":"):
+        candidate = Path(spec.cwd, folder or ".", program)
+        problem = _exec_problem(candidate)
+        if not problem:
+            return program if "PATH" in spec.env else str(candidate)
+        problems.append(problem)
+
+    # Like execvp: a found but unusable file says more than "not found".
+    worst = errno.EACCES if errno.EACCES in problems else errno.ENOENT
+    raise _CannotStart(_cannot_start(spec, os.strerror(worst)))
+
+
+def _exec_problem(path: Path) -> int:
+    """0 when `path` is an executable file, else the errno exec would give."""
+    try:
+        is_dir = path.is_dir()
+        exists = path.exists()
+        runnable = os.access(path, os.X_OK)
+    except ValueError:
+        return errno.ENOENT
+    if not exists:
+        return errno.ENOENT
+    if is_dir or not runnable:
+        return errno.EACCES
+    return 0
+
+
+def _cannot_start(spec: AttemptSpec, reason: str) -> str:
+    """The message of a spawn error: the program (or the script's start), the
+    folder, and what is wrong."""
+    command = spec.command
+    if isinstance(command, str):
+        first = command.splitlines()[0] if command else ""
+        name = first if first == command and len(first) <= 60 else first[:57] + "..."
+    else:
+        name = command[0] if command else ""
+    return f"cannot start {name!r} in {spec.cwd}: {reason}"
+
+
+# Watching the child.
+
+
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None  # kernels before 5.3: poll instead
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether the leader exited, leaving it unreaped (a zombie)."""
+    flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+    try:
+        return os.waitid(os.P_PID, pid, flags) is not None
+    except ChildProcessError:
+        return True  # reaped behind our back; Popen.wait copes
+
+
+def _pump(sel: selectors.BaseSelector, wait: float | None) -> None:
+    """Wait up to `wait` seconds for output or a wake-up, and handle it."""
+    for key, _ in sel.select(wait):
+        if isinstance(key.data, _Stream):
+            _read_chunk(sel, key.fd, key.data)
+        elif key.data == "wake":
+            os.eventfd_read(key.fd)
+
+
+def _read_chunk(sel: selectors.BaseSelector, fd: int, stream: _Stream) -> bool:
+    """Read one chunk into `stream`; False at EOF or when nothing is ready."""
+    try:
+        data = os.read(fd, CHUNK)
+    except BlockingIOError:
+        return False
+    if data:
+        stream.feed(data)
+        return True
+
+    sel.unregister(fd)
+    return False
+
+
+def _drain(sel: selectors.BaseSelector) -> None:
+    """Read what the pipes still hold, without waiting for more."""
+    streams = [(k.fd, k.data) for k in sel.get_map().values()]
+    for fd, stream in streams:
+        if not isinstance(stream, _Stream):
+            continue
+        os.set_blocking(fd, False)
+        while _read_chunk(sel, fd, stream):
+            pass
+        if fd in sel.get_map():
+            sel.unregister(fd)
+
+
+def _await_group_gone(
+    leader: int, kill: Callable[[], None], pause: Callable[[], None]
+) -> None:
+    """Kill the group until no member but the zombie leader is left.
+
+    Members orphaned to this process (when it is a subreaper) are reaped.
+    """
+    me = os.getpid()
+    while True:
+        kill()
+        members = procinfo.group_members(leader, exclude=leader)
+        for member in members:
+            if not member.alive and member.ppid == me:
+                _reap_quietly(member.pid)
+        if not any(m.alive for m in members):
+            return
+        pause()
+
+
+def _kill_marked(mark: bytes, since: int) -> tuple[int, ...]:
+    """Kill live processes whose environment carries `mark`; their pids."""
+    killed: set[int] = set()
+    unkillable: set[int] = set()
+    while True:
+        found = [
+            p
+            for p in procinfo.iter_processes()
+            if p.alive
+            and p.start_time >= since
+            and p.pid not in unkillable
+            and procinfo.environ_has(p.pid, mark)
+        ]
+        if not found:
+            break
+        for process in found:
+            target = killed if _kill_exactly(process) else unkillable
+            target.add(process.pid)
+        time.sleep(_SETTLE)
+
+    me = os.getpid()
+    for pid in killed:
+        stat = procinfo.read_stat(pid)
+        if stat is not None and stat.ppid == me and not stat.alive:
+            _reap_quietly(pid)
+    return tuple(sorted(killed))
+
+
+def _kill_exactly(process: procinfo.ProcStat) -> bool:
+    """SIGKILL `process` through a pidfd, so a reused pid is never hit."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except OSError:
+        return True  # already gone
+    try:
+        now = procinfo.read_stat(process.pid)
+        if now is None or now.start_time != process.start_time:
+            return True
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except PermissionError:
+        return False
+    except ProcessLookupError:
+        return True
+    finally:
+        os.close(pidfd)
+
+
+def _reap_quietly(pid: int) -> None:
+    with suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"

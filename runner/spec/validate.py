@@ -1,0 +1,80 @@
+"""Load → schema → semantic checks → model: the one entry point to a workflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runner.errors import UsageError
+from runner.spec.model import Workflow
+from runner.spec.problems import Problem
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything `validate` found in one file, and the model when valid."""
+
+    path: str
+    problems: tuple[Problem, ...]
+    workflow: Workflow | None
+
+    def has_errors(self) -> bool:
+        return any(problem.severity == "error" for problem in self.problems)
+
+
+def check_file(path: str, *, strict: bool = False) -> Report:
+    """Every problem of `path` in one pass; warnings become errors with `strict`."""
+    from runner.spec.yamlload import LoadError, decode, read_bounded
+
+    try:
+        text = decode(read_bounded(path))
+    except LoadError as error:
+        return Report(path, (error.problem,), None)
+    return check_text(path, text, strict=strict)
+
+
+def check_text(path: str, text: str, *, strict: bool = False) -> Report:
+    """As check_file, for the text of `path` (a run's stored copy, say)."""
+    from runner.spec.checks import semantic_problems
+    from runner.spec.schema import schema_problems
+    from runner.spec.yamlload import Document, LoadError, parse, to_data
+
+    try:
+        document = Document(path, text, parse(text))
+    except LoadError as error:
+        return Report(path, (error.problem,), None)
+
+    data = to_data(document.root)
+    problems = schema_problems(document.root, data)
+    problems += semantic_problems(document, data)
+    problems.sort(key=lambda p: (p.line, p.column))
+    if strict:
+        problems = [problem.as_error() for problem in problems]
+
+    report = Report(path, tuple(problems), None)
+    if report.has_errors():
+        return report
+
+    from runner.spec.build import build_workflow
+
+    return Report(path, report.problems, build_workflow(data, path, document.text))
+
+
+class InvalidWorkflow(UsageError):
+    """A command was given a workflow that does not validate."""
+
+    def __init__(self, report: Report) -> None:
+        errors = [p for p in report.problems if p.severity == "error"]
+        super().__init__("\n".join(format_problem(report.path, p) for p in errors))
+        self.report = report
+
+
+def load_workflow(path: str) -> Workflow:
+    """The model of `path`, or InvalidWorkflow with every error."""
+    report = check_file(path)
+    if report.workflow is None:
+        raise InvalidWorkflow(report)
+    return report.workflow
+
+
+def format_problem(path: str, problem: Problem) -> str:
+    return f"{path}:{problem.line}:{problem.column}: {problem.severity}: {problem.message}"
