@@ -5,11 +5,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from runner.cli.main import cli, state_option
 from runner.errors import ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from runner.engine.driver import Reporter
+    from runner.spec.model import Workflow
+    from runner.store.sqlite import Store
 
 
 def _concurrency(value: int | None) -> int:
@@ -23,13 +29,13 @@ def _state_dir() -> str:
     return resolve_state(state)
 
 
-def _open_store():  # type: ignore[no-untyped-def]
+def _open_store() -> Store:
     from runner.store.sqlite import Store
 
     return Store(_state_dir())
 
 
-def _with_reporter(steps: list[str], work: Callable[[object], ExitCode]) -> None:
+def _with_reporter(steps: list[str], work: Callable[[Reporter], ExitCode]) -> None:
     from runner.report.progress import make_reporter
 
     reporter = make_reporter(steps)
@@ -42,15 +48,29 @@ def _with_reporter(steps: list[str], work: Callable[[object], ExitCode]) -> None
 
 @cli.command()
 @click.argument("file")
-@click.option("-p", "--param", "params", multiple=True, metavar="K=V",
-              help="A parameter value; repeat for more.")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="K=V",
+    help="A parameter value; repeat for more.",
+)
 @click.option("--run-id", help="Name the run (exit 2 if taken).")
-@click.option("--concurrency", type=click.IntRange(min=1),
-              help="Steps running at once (default: the number of CPUs).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Steps running at once (default: the number of CPUs).",
+)
 @click.option("--dry-run", is_flag=True, help="Show the plan, run nothing.")
 @state_option
-def run(file: str, params: tuple[str, ...], run_id: str | None,
-        concurrency: int | None, dry_run: bool) -> None:
+def run(
+    file: str,
+    params: tuple[str, ...],
+    run_id: str | None,
+    concurrency: int | None,
+    dry_run: bool,
+) -> None:
     """Start a run of a workflow."""
     from runner.engine.lifecycle import RunRequest, start_run
     from runner.engine.values import parse_param_args, parse_params
@@ -68,11 +88,11 @@ def run(file: str, params: tuple[str, ...], run_id: str | None,
     request = RunRequest(workflow, given, run_id, _concurrency(concurrency))
     _with_reporter(
         list(workflow.steps),
-        lambda reporter: start_run(store, request, reporter),  # type: ignore[arg-type]
+        lambda reporter: start_run(store, request, reporter),
     )
 
 
-def _stored_and_current(run: dict, accept: bool, original: bool):  # type: ignore[no-untyped-def,type-arg]
+def _stored_and_current(run: dict[str, Any], accept: bool, original: bool) -> Workflow:
     from runner.engine.lifecycle import choose_workflow
     from runner.spec.validate import InvalidWorkflow, check_file, check_text
 
@@ -88,12 +108,21 @@ def _stored_and_current(run: dict, accept: bool, original: bool):  # type: ignor
     return choose_workflow(run, stored_report.workflow, current, accept, original)
 
 
-_accept = click.option("--accept-changes", is_flag=True,
-                       help="Use the changed workflow file for steps not yet succeeded.")
-_original = click.option("--original", is_flag=True,
-                         help="Keep the workflow copy stored when the run started.")
-_conc = click.option("--concurrency", type=click.IntRange(min=1),
-                     help="Steps running at once (default: the number of CPUs).")
+_accept = click.option(
+    "--accept-changes",
+    is_flag=True,
+    help="Use the changed workflow file for steps not yet succeeded.",
+)
+_original = click.option(
+    "--original",
+    is_flag=True,
+    help="Keep the workflow copy stored when the run started.",
+)
+_conc = click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Steps running at once (default: the number of CPUs).",
+)
 
 
 @cli.command()
@@ -102,8 +131,9 @@ _conc = click.option("--concurrency", type=click.IntRange(min=1),
 @_original
 @_conc
 @state_option
-def resume(run_id: str | None, accept_changes: bool, original: bool,
-           concurrency: int | None) -> None:
+def resume(
+    run_id: str | None, accept_changes: bool, original: bool, concurrency: int | None
+) -> None:
     """Continue an interrupted run (default: the newest unfinished one)."""
     from runner.engine.lifecycle import UNFINISHED, pick_run, resume_run
 
@@ -112,7 +142,7 @@ def resume(run_id: str | None, accept_changes: bool, original: bool,
     workflow = _stored_and_current(run, accept_changes, original)
     _with_reporter(
         list(workflow.steps),
-        lambda reporter: resume_run(  # type: ignore[arg-type]
+        lambda reporter: resume_run(
             store, run, workflow, _concurrency(concurrency), reporter
         ),
     )
@@ -125,8 +155,13 @@ def resume(run_id: str | None, accept_changes: bool, original: bool,
 @_original
 @_conc
 @state_option
-def redrive(run_id: str | None, all_runs: bool, accept_changes: bool, original: bool,
-            concurrency: int | None) -> None:
+def redrive(
+    run_id: str | None,
+    all_runs: bool,
+    accept_changes: bool,
+    original: bool,
+    concurrency: int | None,
+) -> None:
     """Re-run failed steps (or failed compensations) with fresh retry budgets."""
     from runner.engine.lifecycle import pick_run, redrive_run
     from runner.report.progress import PlainReporter
@@ -139,7 +174,8 @@ def redrive(run_id: str | None, all_runs: bool, accept_changes: bool, original: 
     worst = ExitCode.OK
     for run in runs:
         workflow = _stored_and_current(run, accept_changes, original)
-        code = redrive_run(store, run, workflow, _concurrency(concurrency),
-                           PlainReporter())
+        code = redrive_run(
+            store, run, workflow, _concurrency(concurrency), PlainReporter()
+        )
         worst = max(worst, code)
     sys.exit(int(worst))

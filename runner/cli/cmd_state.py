@@ -79,8 +79,10 @@ def status(run_id: str | None, output: str) -> None:
             click.echo(json.dumps({"runs": runs}, indent=2))
         else:
             for run in runs:
-                click.echo(f"{run['run_id']}  {run['workflow']}  {run['status']}  "
-                           f"{run['started_at']}")
+                click.echo(
+                    f"{run['run_id']}  {run['workflow']}  {run['status']}  "
+                    f"{run['started_at']}"
+                )
         return
     run = store.run(run_id)
     if run is None:
@@ -95,10 +97,14 @@ def status(run_id: str | None, output: str) -> None:
     if run["reason"]:
         click.echo(f"  reason: {run['reason']}")
     for step in document["steps"]:
-        extra = f"  {step['error_class']}: {step['rule']}" if step["error_class"] else ""
+        extra = (
+            f"  {step['error_class']}: {step['rule']}" if step["error_class"] else ""
+        )
         took = f"  {step['duration']}s" if step["duration"] is not None else ""
-        click.echo(f"  {step['name']:<24} {step['status']:<20} "
-                   f"attempts {step['attempts']}{took}{extra}")
+        click.echo(
+            f"  {step['name']:<24} {step['status']:<20} "
+            f"attempts {step['attempts']}{took}{extra}"
+        )
 
 
 @cli.command()
@@ -111,19 +117,28 @@ def logs(run_id: str, step: str | None) -> None:
     if store.run(run_id) is None:
         raise UsageError(f"no run '{run_id}' in this state store; see 'runner status'")
     attempts = store.attempts(run_id, step)
-    if step is not None and not attempts and step not in {
-        row["name"] for row in store.steps(run_id)
-    }:
+    if (
+        step is not None
+        and not attempts
+        and step not in {row["name"] for row in store.steps(run_id)}
+    ):
         raise UsageError(f"run {run_id} has no step '{step}'")
     out = sys.stdout.buffer
     for attempt in attempts:
-        head = (f"== {attempt['step']} {attempt['kind']} attempt {attempt['number']} "
-                f"({attempt['status']}")
+        head = (
+            f"== {attempt['step']} {attempt['kind']} attempt {attempt['number']} "
+            f"({attempt['status']}"
+        )
         if attempt["error_class"]:
             head += f", {attempt['error_class']}: {attempt['rule']}"
         out.write((head + ") ==\n").encode())
-        prefix = os.path.join(store.state_dir, "logs", run_id, attempt["step"],
-                              f"{attempt['seq']}.{attempt['kind']}")
+        prefix = os.path.join(
+            store.state_dir,
+            "logs",
+            run_id,
+            attempt["step"],
+            f"{attempt['seq']}.{attempt['kind']}",
+        )
         for stream in ("stdout", "stderr"):
             _copy(prefix + f".{stream}", out, stream)
     out.flush()

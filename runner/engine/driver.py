@@ -267,7 +267,7 @@ class Driver:
         if state.first_started_at is None and kind == "run":
             state.first_started_at = now
         state.status = "running" if kind == "run" else "compensating"
-        timeout, retry = self._limits(step, kind)
+        timeout, _ = self._limits(step, kind)
         launch = Launch(
             step=step.name,
             kind=kind,
@@ -327,9 +327,9 @@ class Driver:
         if launches:
             crashpoint("step.after_spawn")
 
-    def _views(self) -> dict[str, values.StepView]:
+    def _views(self) -> dict[str, expressions.StepView]:
         return {
-            name: values.StepView(state.status, state.outputs)
+            name: expressions.StepView(state.status, state.outputs)
             for name, state in self.states.items()
         }
 
@@ -464,7 +464,7 @@ class Driver:
                 name,
                 delay=round(delay, 3),
                 error_class=verdict.error_class,
-                kind=kind,
+                of=kind,
             )
 
         self._record(apply)

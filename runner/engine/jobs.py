@@ -7,6 +7,7 @@ to the engine through a queue; the engine's thread alone touches the store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -110,8 +111,6 @@ def log_dir(state_dir: str, run_id: str, step: str) -> str:
     path = state_dir
     for part in ("logs", run_id, step):
         path = os.path.join(path, part)
-        try:
+        with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
     return path

@@ -106,7 +106,7 @@ def _drive(
         return driver.drive()
 
 
-class _forward_signals:  # noqa: N801  (used as a context manager, reads as one)
+class _forward_signals:
     """SIGINT and SIGTERM stop the driver at its next turn."""
 
     def __init__(self, stop: Callable[[int], None]) -> None:
@@ -138,11 +138,15 @@ class ResumeRequest:
     concurrency: int
 
 
-def pick_run(store: Store, run_id: str | None, statuses: tuple[str, ...]) -> dict[str, Any]:
+def pick_run(
+    store: Store, run_id: str | None, statuses: tuple[str, ...]
+) -> dict[str, Any]:
     if run_id is not None:
         run = store.run(run_id)
         if run is None:
-            raise UsageError(f"no run '{run_id}' in this state store; see 'runner status'")
+            raise UsageError(
+                f"no run '{run_id}' in this state store; see 'runner status'"
+            )
         return run
     candidates = store.runs(statuses)
     if not candidates:
@@ -179,7 +183,10 @@ def choose_workflow(
 
 
 def resume_run(
-    store: Store, run: dict[str, Any], workflow: Workflow, concurrency: int,
+    store: Store,
+    run: dict[str, Any],
+    workflow: Workflow,
+    concurrency: int,
     reporter: Reporter,
 ) -> ExitCode:
     run_id = run["run_id"]
@@ -230,7 +237,10 @@ def _reopen(txn: Any, run_id: str, row: dict[str, Any], workflow: Workflow) -> N
     if status in ("running", "interrupted"):
         if step is not None and step.on_crash is OnCrash.FAIL:
             txn.update_step(
-                run_id, name, status="failed", error_class=None,
+                run_id,
+                name,
+                status="failed",
+                error_class=None,
                 message="on_crash: fail; the attempt was cut short by a crash",
                 ended_at=txn.now,
             )
@@ -258,7 +268,10 @@ def _give_up(store: Store, run_id: str, epoch: int, workflow: Workflow) -> ExitC
 
 
 def redrive_run(
-    store: Store, run: dict[str, Any], workflow: Workflow, concurrency: int,
+    store: Store,
+    run: dict[str, Any],
+    workflow: Workflow,
+    concurrency: int,
     reporter: Reporter,
 ) -> ExitCode:
     """Re-run failed steps with fresh budgets, or failed compensations."""
@@ -274,12 +287,19 @@ def redrive_run(
         for row in store.steps(run_id):
             if backward and row["status"] == "compensation_failed":
                 txn.update_step(
-                    run_id, row["name"], status="compensating", comp_attempts=0,
+                    run_id,
+                    row["name"],
+                    status="compensating",
+                    comp_attempts=0,
                     due_at=None,
                 )
             elif not backward and row["status"] == "failed":
                 txn.update_step(
-                    run_id, row["name"], status="pending", attempts=0, due_at=None,
+                    run_id,
+                    row["name"],
+                    status="pending",
+                    attempts=0,
+                    due_at=None,
                     first_started_at=None,
                 )
         txn.update_run(

@@ -9,6 +9,7 @@ holds it is gone: same boot, and no live process with that pid and start time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -95,10 +96,8 @@ def kill_leftovers(run_id: str, step: str, seq: int, grace: float) -> list[int]:
 
 def _signal_groups(groups: set[int], sig: int) -> None:
     for pgid in groups:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def _alive(groups: set[int]) -> bool:

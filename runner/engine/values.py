@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from runner.errors import UsageError
@@ -20,12 +19,6 @@ from runner.spec.model import Command, Step, Workflow
 
 EXPR_PREFIX = "RUNNER_EXPR"
 MAX_OUTPUT_FILE = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class StepView:
-    status: str
-    outputs: Mapping[str, str]
 
 
 def parse_params(workflow: Workflow, given: Mapping[str, str]) -> dict[str, Any]:
@@ -101,11 +94,13 @@ class Renderer:
         self.base_env = base
 
     def _context(
-        self, env: Mapping[str, str], steps: Mapping[str, StepView]
+        self, env: Mapping[str, str], steps: Mapping[str, expressions.StepView]
     ) -> expressions.Context:
         return expressions.Context(params=self.params, env=env, steps=steps)
 
-    def step_env(self, step: Step, steps: Mapping[str, StepView]) -> dict[str, str]:
+    def step_env(
+        self, step: Step, steps: Mapping[str, expressions.StepView]
+    ) -> dict[str, str]:
         """The environment a step's commands get, before the RUNNER_* values."""
         env = dict(self.base_env)
         context = self._context(env, steps)
@@ -113,7 +108,10 @@ class Renderer:
         return env
 
     def condition(
-        self, step: Step, env: Mapping[str, str], steps: Mapping[str, StepView]
+        self,
+        step: Step,
+        env: Mapping[str, str],
+        steps: Mapping[str, expressions.StepView],
     ) -> bool:
         if step.if_ is None:
             return True
@@ -130,7 +128,7 @@ class Renderer:
         self,
         command: Command,
         env: Mapping[str, str],
-        steps: Mapping[str, StepView],
+        steps: Mapping[str, expressions.StepView],
     ) -> tuple[Command, dict[str, str]]:
         """The command to run and the extra variables its expressions need."""
         context = self._context(env, steps)

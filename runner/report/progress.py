@@ -55,11 +55,15 @@ class LiveReporter:
         from rich.console import Console
         from rich.live import Live
 
-        self.rows: dict[str, list[Any]] = {name: ["pending", "", None] for name in steps}
+        self.rows: dict[str, list[Any]] = {
+            name: ["pending", "", None] for name in steps
+        }
         self.run_status = "running"
         self.run_id = ""
         self.live = Live(
-            self._table(), console=Console(stderr=False), refresh_per_second=4,
+            self._table(),
+            console=Console(stderr=False),
+            refresh_per_second=4,
             get_renderable=self._table,
         )
         self.live.start()
@@ -84,8 +88,11 @@ class LiveReporter:
             table.add_column(column)
         now = time.monotonic()
         for name, (status, attempt, since) in self.rows.items():
-            elapsed = f"{now - since:.1f}s" if since and status in (
-                "running", "compensating") else ""
+            elapsed = (
+                f"{now - since:.1f}s"
+                if since and status in ("running", "compensating")
+                else ""
+            )
             table.add_row(name, status, attempt, elapsed)
         return table
 

@@ -45,7 +45,9 @@ def build_workflow(data: dict[str, Any], path: str, source: str) -> Workflow:
         circuits=frozen_map(
             {n: build_circuit_policy(c) for n, c in data.get("circuits", {}).items()}
         ),
-        pools=frozen_map({n: p["concurrency"] for n, p in data.get("pools", {}).items()}),
+        pools=frozen_map(
+            {n: p["concurrency"] for n, p in data.get("pools", {}).items()}
+        ),
         path=path,
         source=source,
     )
@@ -66,8 +68,11 @@ def _build_step(
     return Step(
         name=name,
         run=_command(step["run"]),
-        needs=tuple([step["needs"]] if isinstance(step.get("needs"), str) else
-                    step.get("needs", [])),
+        needs=tuple(
+            [step["needs"]]
+            if isinstance(step.get("needs"), str)
+            else step.get("needs", [])
+        ),
         if_=_condition(step.get("if")),
         env=frozen_map(_text_map(step.get("env", {}))),
         cwd=os.path.normpath(os.path.join(base, inherited("cwd") or ".")),

@@ -45,7 +45,9 @@ class _Context:
         line, column = node.line, node.column
         if offset is not None and isinstance(node, Scalar):
             column += self._inline_offset(node, offset)
-        self.problems.append(Problem(severity, line, column, format_path(path), message))
+        self.problems.append(
+            Problem(severity, line, column, format_path(path), message)
+        )
 
     def _inline_offset(self, node: Scalar, offset: int) -> int:
         """Columns from a scalar's start to `offset` in its value, when on one line."""
@@ -87,9 +89,11 @@ def _needs(step: dict[str, Any]) -> list[str]:
     needs = step.get("needs", [])
     if isinstance(needs, str):
         return [needs]
-    return [name for name in needs if isinstance(name, str)] if isinstance(
-        needs, list
-    ) else []
+    return (
+        [name for name in needs if isinstance(name, str)]
+        if isinstance(needs, list)
+        else []
+    )
 
 
 def _needs_path(step: dict[str, Any], name: str, index: int) -> tuple[PathPart, ...]:
@@ -285,9 +289,10 @@ def _references(
         return
     if is_if and not templates:
         templates = [expressions.Template(0, len(text), text.strip(), 0)]
-    elif is_if and (len(templates) > 1 or text.strip() != text[
-        templates[0].start : templates[0].end
-    ]):
+    elif is_if and (
+        len(templates) > 1
+        or text.strip() != text[templates[0].start : templates[0].end]
+    ):
         context.report(path, "'if' must be one expression: ${{ ... }}", offset=0)
         return
     for template in templates:
@@ -378,7 +383,7 @@ def _check_params(context: _Context) -> None:
         if wanted is None:
             continue
         fits = isinstance(value, wanted) and (
-            bool not in wanted and not isinstance(value, bool) or bool in wanted
+            (bool not in wanted and not isinstance(value, bool)) or bool in wanted
         )
         if not fits:
             context.report(
@@ -414,7 +419,9 @@ def _check_retries(context: _Context, steps: dict[str, dict[str, Any]]) -> None:
             places.append((("steps", name, "retry"), merged))
         compensate = step.get("compensate")
         if isinstance(compensate, dict):
-            places.append((("steps", name, "compensate", "retry"), compensate.get("retry")))
+            places.append(
+                (("steps", name, "compensate", "retry"), compensate.get("retry"))
+            )
     for path, retry in places:
         if isinstance(retry, dict):
             _check_retry(context, path, retry)
@@ -432,10 +439,14 @@ def _check_retry(
             severity="warning",
         )
     try:
-        elapsed = parse_duration(retry["max_elapsed"]) if "max_elapsed" in retry else None
-        backoff = retry.get("backoff") if isinstance(retry.get("backoff"), dict) else {}
+        elapsed = (
+            parse_duration(retry["max_elapsed"]) if "max_elapsed" in retry else None
+        )
+        backoff = retry.get("backoff")
+        backoff = backoff if isinstance(backoff, dict) else {}
         first = min(
-            parse_duration(backoff.get("initial", 1)), parse_duration(backoff.get("max", 30))
+            parse_duration(backoff.get("initial", 1)),
+            parse_duration(backoff.get("max", 30)),
         )
     except ValueError:
         return

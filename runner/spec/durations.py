@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
@@ -14,7 +15,7 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, int | float):
-        if value < 0 or value != value:
+        if value < 0 or math.isnan(value):
             raise ValueError(f"{value!r} is not a duration")
         return float(value)
     if not isinstance(value, str) or not _WHOLE.match(value):

@@ -147,7 +147,9 @@ def _type_message(value: Any, rule: Any) -> str:
 
 def _pattern_message(value: Any, rule: str, subschema: dict[str, Any]) -> str:
     if "\\{\\{" in rule:
-        return f"{_show(value)} is not an expression; write ${{{{ ... }}}} or true/false"
+        return (
+            f"{_show(value)} is not an expression; write ${{{{ ... }}}} or true/false"
+        )
     if "ms|s|m|h" in rule:
         return (
             f"{_show(value)} is not a duration; write 250ms, 30s, 5m, 1h30m "

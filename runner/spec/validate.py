@@ -77,4 +77,6 @@ def load_workflow(path: str) -> Workflow:
 
 
 def format_problem(path: str, problem: Problem) -> str:
-    return f"{path}:{problem.line}:{problem.column}: {problem.severity}: {problem.message}"
+    return (
+        f"{path}:{problem.line}:{problem.column}: {problem.severity}: {problem.message}"
+    )

@@ -156,7 +156,9 @@ def parse(text: str) -> MapNode:
         line, column = _position(text, error.position)
         char = error.character
         code = char if isinstance(char, int) else ord(char)
-        raise _fail(line, column, f"character U+{code:04X} is not allowed in YAML")
+        raise _fail(
+            line, column, f"character U+{code:04X} is not allowed in YAML"
+        ) from None
     except yaml.YAMLError as error:
         raise _fail(1, 1, f"YAML error: {error}") from None
     return builder.finish()
@@ -199,7 +201,8 @@ class _Builder:
         self.first_over: tuple[int, int] | None = None
 
     def feed(self, event: yaml.Event) -> None:
-        line, column = event.start_mark.line + 1, event.start_mark.column + 1
+        mark = event.start_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         if isinstance(event, yaml.DocumentStartEvent):
             self._document(line, column)
         elif isinstance(event, yaml.ScalarEvent):
@@ -229,7 +232,9 @@ class _Builder:
     def _scalar(self, event: yaml.ScalarEvent, line: int, column: int) -> None:
         _check_tag(event.tag, line, column, _CORE_TAGS | {"!"})
         plain = event.implicit[0] and event.style in (None, "")
-        node = Scalar(line, column, resolve(event.value, event.tag, plain, line, column))
+        node = Scalar(
+            line, column, resolve(event.value, event.tag, plain, line, column)
+        )
         node.text = event.value
         self._count(1, line, column)
         self._add(node, 1, event.anchor)
@@ -245,10 +250,14 @@ class _Builder:
         _check_tag(event.tag, line, column, _COLLECTION_TAGS)
         if len(self.stack) >= MAX_DEPTH:
             raise _fail(
-                line, column, f"nesting deeper than {MAX_DEPTH} levels; flatten the file"
+                line,
+                column,
+                f"nesting deeper than {MAX_DEPTH} levels; flatten the file",
             )
         mapping = isinstance(event, yaml.MappingStartEvent)
-        node: MapNode | SeqNode = MapNode(line, column) if mapping else SeqNode(line, column)
+        node: MapNode | SeqNode = (
+            MapNode(line, column) if mapping else SeqNode(line, column)
+        )
         self._count(1, line, column)
         self.stack.append(_Frame(node, anchor=event.anchor))
 
@@ -401,8 +410,10 @@ def locate(root: Node, path: tuple[PathPart, ...], *, key: bool = False) -> Node
         if isinstance(node, MapNode) and isinstance(part, str) and part in node.entries:
             entry = node.entries[part]
             node = entry.key if key and last else entry.value
-        elif isinstance(node, SeqNode) and isinstance(part, int) and part < len(
-            node.items
+        elif (
+            isinstance(node, SeqNode)
+            and isinstance(part, int)
+            and part < len(node.items)
         ):
             node = node.items[part]
         else:

@@ -110,18 +110,54 @@ CREATE TABLE probes (
 );
 """
 
-RUN_COLUMNS = (
-    "run_id workflow kind status path source params started_at ended_at reason "
-    "epoch owner lease_until recoveries"
-).split()
-STEP_COLUMNS = (
-    "name position status attempts seq error_class rule message started_at ended_at "
-    "first_started_at due_at outputs process comp_attempts"
-).split()
-ATTEMPT_COLUMNS = (
-    "step seq kind number status started_at ended_at exit_code signal error_class "
-    "rule message tail"
-).split()
+RUN_COLUMNS = [
+    "run_id",
+    "workflow",
+    "kind",
+    "status",
+    "path",
+    "source",
+    "params",
+    "started_at",
+    "ended_at",
+    "reason",
+    "epoch",
+    "owner",
+    "lease_until",
+    "recoveries",
+]
+STEP_COLUMNS = [
+    "name",
+    "position",
+    "status",
+    "attempts",
+    "seq",
+    "error_class",
+    "rule",
+    "message",
+    "started_at",
+    "ended_at",
+    "first_started_at",
+    "due_at",
+    "outputs",
+    "process",
+    "comp_attempts",
+]
+ATTEMPT_COLUMNS = [
+    "step",
+    "seq",
+    "kind",
+    "number",
+    "status",
+    "started_at",
+    "ended_at",
+    "exit_code",
+    "signal",
+    "error_class",
+    "rule",
+    "message",
+    "tail",
+]
 
 
 class Store:
@@ -175,13 +211,17 @@ class Store:
         self.connection.close()
 
     @contextmanager
-    def write(self, run_id: str | None = None, epoch: int | None = None) -> Iterator[Txn]:
+    def write(
+        self, run_id: str | None = None, epoch: int | None = None
+    ) -> Iterator[Txn]:
         """One durable transaction; fenced by `epoch` when given."""
         connection = self.connection
         try:
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as error:
-            raise StoreError(f"cannot write state database {self.path}: {error}") from None
+            raise StoreError(
+                f"cannot write state database {self.path}: {error}"
+            ) from None
         try:
             txn = Txn(connection)
             if epoch is not None:
@@ -203,7 +243,9 @@ class Store:
 
     def runs(self, statuses: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """Runs, oldest first, optionally only those in `statuses`."""
-        where = f"WHERE status IN ({', '.join('?' * len(statuses))})" if statuses else ""
+        where = (
+            f"WHERE status IN ({', '.join('?' * len(statuses))})" if statuses else ""
+        )
         rows = self.connection.execute(
             f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where} ORDER BY seq", statuses
         ).fetchall()
@@ -238,7 +280,7 @@ class Store:
         rows = self.connection.execute(
             "SELECT kind, COUNT(*) FROM events GROUP BY kind"
         ).fetchall()
-        return {kind: count for kind, count in rows}
+        return dict(rows)
 
     def integrity(self) -> str:
         return str(self.connection.execute("PRAGMA integrity_check").fetchone()[0])
@@ -277,7 +319,10 @@ class Txn:
 
     def update_attempt(self, run_id: str, step: str, seq: int, **fields: Any) -> None:
         self._update(
-            "attempts", fields, "run_id = ? AND step = ? AND seq = ?", (run_id, step, seq)
+            "attempts",
+            fields,
+            "run_id = ? AND step = ? AND seq = ?",
+            (run_id, step, seq),
         )
 
     def event(
@@ -288,7 +333,8 @@ class Txn:
         **detail: Any,
     ) -> None:
         self.connection.execute(
-            "INSERT INTO events (at, run_id, step, kind, detail) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO events (at, run_id, step, kind, detail) "
+            "VALUES (?, ?, ?, ?, ?)",
             (self.now, run_id, step, kind, json.dumps(detail) if detail else None),
         )
 
@@ -330,7 +376,9 @@ def _check_header(path: str) -> None:
         with open(path, "rb") as file:
             header = file.read(len(HEADER))
     except OSError as error:
-        raise StoreError(f"cannot read state database {path}: {error.strerror}") from None
+        raise StoreError(
+            f"cannot read state database {path}: {error.strerror}"
+        ) from None
     wal = path + "-wal"
     wal_empty = not os.path.exists(wal) or os.path.getsize(wal) == 0
     if not header and wal_empty:
