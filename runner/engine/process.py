@@ -10,8 +10,11 @@ The child waits at a gate until `on_started` has returned: the engine records
 the process identity durably before the step does any work, so that `resume`
 can always find what a dead runner left behind (`kill_leftover`).
 
-Nothing here installs signal handlers; an `Attempt` is driven by one worker
-thread and may be interrupted from any other.
+Nothing here installs signal handlers or changes signal masks; an `Attempt`
+is driven by one worker thread and may be interrupted from any other. A child
+inherits the signal mask of the thread that runs it, so run attempts from
+threads that block no signals: a step with SIGTERM blocked would only stop at
+the SIGKILL after kill_grace.
 """
 
 from __future__ import annotations
@@ -143,8 +146,13 @@ class _Stream:
 
         room = self.max_bytes - self.kept
         if room > 0:
-            _write_all(self.log, data[:room])
-            self.kept += min(room, len(data))
+            try:
+                _write_all(self.log, data[:room])
+                self.kept += min(room, len(data))
+            except OSError:
+                # A full disk must not fail the step: keep draining, and let
+                # the marker (if it fits) say how much is missing.
+                self.max_bytes = self.kept
 
         self.tail += data
         if len(self.tail) > 2 * self.tail_bytes + CHUNK:
@@ -160,6 +168,8 @@ class _Stream:
         try:
             if dropped:
                 _write_all(self.log, f"\n[truncated {dropped} bytes]\n".encode())
+        except OSError:
+            pass  # the log is short either way; the totals are in the result
         finally:
             os.close(self.log)
 
@@ -193,7 +203,7 @@ class Attempt:
         self._interrupted = False
         self._kill_at: float | None = None
         self._sent: list[str] = []
-        self._identity = ProcessIdentity(0, 0, 0, "")
+        self._start_time = 0  # of the leader, in clock ticks
 
     def run(self) -> AttemptResult:
         """Run the command; return once its whole process group is gone.
@@ -305,16 +315,15 @@ class Attempt:
         """Hand the identity to on_started, then let the command start."""
         try:
             stat = procinfo.read_stat(pid)
-            start_time = stat.start_time if stat is not None else 0
-            self._identity = ProcessIdentity(pid, pid, start_time, procinfo.boot_id())
+            self._start_time = stat.start_time if stat is not None else 0
+            identity = ProcessIdentity(pid, pid, self._start_time, procinfo.boot_id())
             if self._on_started is not None:
-                self._on_started(self._identity)
+                self._on_started(identity)
 
-            with self._lock:
+            with self._lock, suppress(BrokenPipeError):
+                # A broken pipe means the wrapper was killed meanwhile.
                 if not self._interrupted:
                     os.write(gate, b"go\n")
-        except BrokenPipeError:
-            pass  # the wrapper was killed meanwhile; its exit status says so
         finally:
             # Closed unwritten, the gate makes the wrapper exit 125 at once.
             os.close(gate)
@@ -367,7 +376,7 @@ class Attempt:
         escaped: tuple[int, ...] = ()
         if self.spec.track_escapees:
             mark = f"{TRACKING_VAR}={self._token}".encode()
-            escaped = _kill_marked(mark, self._identity.start_time)
+            escaped = _kill_marked(mark, self._start_time)
 
         # No process of the step is left to write, so what the pipes hold is
         # all there is; a writer outside the group cannot make this wait.
