@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +19,7 @@ def iso(stamp: float | None) -> str | None:
     return datetime.fromtimestamp(stamp, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _store() -> Any:
+def open_store() -> Any:
     from runner.store.location import resolve_state
     from runner.store.sqlite import Store
 
@@ -72,7 +71,7 @@ def _step_json(row: dict[str, Any]) -> dict[str, Any]:
 @state_option
 def status(run_id: str | None, output: str) -> None:
     """Runs, or one run's steps: state, attempts, error class, durations."""
-    store = _store()
+    store = open_store()
     if run_id is None:
         runs = [_run_json(run) for run in store.runs()]
         if output == "json":
@@ -113,7 +112,9 @@ def status(run_id: str | None, output: str) -> None:
 @state_option
 def logs(run_id: str, step: str | None) -> None:
     """Captured output, attempt by attempt."""
-    store = _store()
+    from runner.engine.jobs import attempt_prefix
+
+    store = open_store()
     if store.run(run_id) is None:
         raise UsageError(f"no run '{run_id}' in this state store; see 'runner status'")
     attempts = store.attempts(run_id, step)
@@ -132,13 +133,10 @@ def logs(run_id: str, step: str | None) -> None:
         if attempt["error_class"]:
             head += f", {attempt['error_class']}: {attempt['rule']}"
         out.write((head + ") ==\n").encode())
-        prefix = os.path.join(
-            store.state_dir,
-            "logs",
-            run_id,
-            attempt["step"],
-            f"{attempt['seq']}.{attempt['kind']}",
+        prefix = attempt_prefix(
+            store.state_dir, run_id, attempt["step"], attempt["seq"], attempt["kind"]
         )
+
         for stream in ("stdout", "stderr"):
             _copy(prefix + f".{stream}", out, stream)
     out.flush()

@@ -24,11 +24,11 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.engine import jobs, values
+from runner.engine import breakers, jobs, values
 from runner.engine.crashpoints import crashpoint
 from runner.engine.jobs import Job, Launch
 from runner.engine.process import AttemptResult
@@ -103,12 +103,17 @@ class Driver:
         }
         self.waiting: list[tuple[float, str]] = []
         self.remaining: dict[str, int] = {}
+        self.tickets: dict[str, breakers.Ticket] = {}
+        self.parked: set[str] = set()
+        self.park_refused = True
+        """False for `runner retry --no-wait`: a refused call fails at once."""
         self.stop_signal: int | None = None
         self.lease_renewed = time.monotonic()
 
     # The loop -----------------------------------------------------------------
 
     def drive(self) -> ExitCode:
+        jobs.run_log_dir(self.store.state_dir, self.run_id)
         self._prepare()
         while True:
             self._collect(block=False)
@@ -237,7 +242,47 @@ class Driver:
         except expressions.ExpressionError as error:
             self._fail_permanently(name, f"expression: {error.message}")
             return None
+        if step.circuit is not None and not self._admitted(state, step.circuit):
+            return None
         return self._begin(state, "run", command, check, {**env, **extra})
+
+    def _admitted(self, state: StepState, circuit: str) -> bool:
+        """Ask the step's circuit; a refused step is parked, spending no attempt."""
+        step = state.step
+        token = f"{self.run_id}/{step.name}/{state.seq + 1}"
+        lease = step.timeout + step.kill_grace + 30 if step.timeout else 300.0
+        first = step.name not in self.parked
+        admission, ticket = breakers.admit(
+            self.store,
+            circuit,
+            token,
+            lease,
+            (self.run_id, step.name),
+            log_refusal=first,
+        )
+        if ticket is not None:
+            self.tickets[step.name] = ticket
+            self.parked.discard(step.name)
+            return True
+        if not self.park_refused:
+            message = f"circuit {circuit} is {admission.state.state}; not waiting"
+            self._settle(step.name, "failed", message=message)
+            return False
+        self.parked.add(step.name)
+        retry_at = admission.retry_at or float("inf")
+        due = min(retry_at, time.time() + breakers.PARK_POLL)
+        state.status, state.due_at = "waiting", due
+        heapq.heappush(self.waiting, (due, step.name))
+        if first:
+            message = f"parked: circuit {circuit} is {admission.state.state}"
+            name = step.name
+            self._record(
+                lambda txn: txn.update_step(
+                    self.run_id, name, status="waiting", due_at=due, message=message
+                )
+            )
+            self.report("waiting", name, {"message": message})
+        return False
 
     def _begin(
         self,
@@ -252,8 +297,9 @@ class Driver:
         now = time.time()
         number = (state.attempts if kind == "run" else state.comp_attempts) + 1
         token = f"{self.run_id}/{step.name}/{state.seq}"
-        folder = jobs.log_dir(self.store.state_dir, self.run_id, step.name)
-        prefix = os.path.join(folder, f"{state.seq}.{kind}")
+        prefix = jobs.attempt_prefix(
+            self.store.state_dir, self.run_id, step.name, state.seq, kind
+        )
         env.update(
             RUNNER_RUN_ID=self.run_id,
             RUNNER_STEP=step.name,
@@ -327,11 +373,8 @@ class Driver:
         if launches:
             crashpoint("step.after_spawn")
 
-    def _views(self) -> dict[str, expressions.StepView]:
-        return {
-            name: expressions.StepView(state.status, state.outputs)
-            for name, state in self.states.items()
-        }
+    def _views(self) -> Mapping[str, expressions.StepView]:
+        return _StepViews(self.states)
 
     # Outcomes -------------------------------------------------------------------
 
@@ -341,6 +384,7 @@ class Driver:
         pool = self.workflow.steps[launch.step].pool
         self.pool_use[pool] = self.pool_use.get(pool, 1) - 1
         if job.interrupted:
+            self._report_circuit(launch.step, None)
             self._interrupted(job)
             return
         crashpoint(f"{'step' if launch.kind == 'run' else 'compensation'}.after_exit")
@@ -348,14 +392,28 @@ class Driver:
         result = outcome.result
         self._end_attempt(job, result)
         if outcome.skipped_by_check:
+            self._report_circuit(launch.step, None)
             self._settle(launch.step, "skipped", message="check: already done")
         elif outcome.error is not None:
+            self._report_circuit(launch.step, None)
             self._failed(job, Classification("permanent", f"runner: {outcome.error}"))
         elif result is not None and _succeeded(result):
+            self._report_circuit(launch.step, "success")
             self._succeeded(job)
         else:
             assert result is not None
-            self._failed(job, classify(_failure(result), self._rules(launch)))
+            verdict = classify(_failure(result), self._rules(launch))
+            counted = verdict.error_class != "permanent"
+            self._report_circuit(launch.step, "failure" if counted else None)
+            self._failed(job, verdict)
+
+    def _report_circuit(self, step: str, outcome: str | None) -> None:
+        """Count a call on its circuit; None only releases its probe place."""
+        ticket = self.tickets.pop(step, None)
+        if ticket is not None:
+            self._record(
+                lambda txn: breakers.report(txn, ticket, outcome, self.run_id, step)
+            )
 
     def _rules(self, launch: Launch) -> tuple[Any, ...]:
         return self.workflow.steps[launch.step].classify
@@ -421,6 +479,14 @@ class Driver:
         if decision.retry and not turning:
             self._schedule_retry(state, kind, decision.delay, verdict, decision.reason)
             return
+        exhausted = not decision.retry and verdict.error_class != "permanent"
+        if exhausted and verdict.error_class in policy.retry_on:
+            reason = decision.reason
+            self._record(
+                lambda txn: txn.event(
+                    "retry.exhausted", self.run_id, launch.step, of=kind, reason=reason
+                )
+            )
         final = "compensation_failed" if kind == "compensate" else "failed"
         self._settle(launch.step, final, verdict=verdict, reason=decision.reason)
         if (
@@ -501,9 +567,13 @@ class Driver:
         if reason or message:
             fields["message"] = reason or message
 
+        detail = _short(fields)
+        if status == "succeeded":
+            detail["attempts"] = state.attempts
+
         def apply(txn: Txn) -> None:
             txn.update_step(self.run_id, name, **fields)
-            txn.event(f"step.{status}", self.run_id, name, **_short(fields))
+            txn.event(f"step.{status}", self.run_id, name, **detail)
 
         self._record(apply)
         self.report(status, name, {"message": reason or message})
@@ -625,6 +695,7 @@ class Driver:
             job = self.done.get()
             if job is not _WAKE:
                 self.running.pop(job.launch.step, None)
+                self._report_circuit(job.launch.step, None)
                 self._interrupted(job)
 
         def apply(txn: Txn) -> None:
@@ -652,6 +723,23 @@ class Driver:
 
         self._record(apply)
         self.report("interrupted", name, {})
+
+
+class _StepViews(Mapping[str, expressions.StepView]):
+    """What expressions see of the steps, made on access: O(1) per launch."""
+
+    def __init__(self, states: dict[str, StepState]) -> None:
+        self.states = states
+
+    def __getitem__(self, name: str) -> expressions.StepView:
+        state = self.states[name]
+        return expressions.StepView(state.status, state.outputs)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.states)
+
+    def __len__(self) -> int:
+        return len(self.states)
 
 
 class _Wake:

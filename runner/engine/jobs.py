@@ -106,10 +106,19 @@ class Job:
         return attempt.run()
 
 
-def log_dir(state_dir: str, run_id: str, step: str) -> str:
-    """The folder of a step's logs and output files, each level private."""
+def attempt_prefix(state_dir: str, run_id: str, step: str, seq: int, kind: str) -> str:
+    """Where an attempt's files go: PREFIX.stdout, .stderr, .output, .check.*.
+
+    One private folder per run; step names are safe in file names (the schema
+    allows only letters, digits, `_` and `-`).
+    """
+    return os.path.join(state_dir, "logs", run_id, f"{step}.{seq}.{kind}")
+
+
+def run_log_dir(state_dir: str, run_id: str) -> str:
+    """Create the run's log folder (and `logs/`), each private."""
     path = state_dir
-    for part in ("logs", run_id, step):
+    for part in ("logs", run_id):
         path = os.path.join(path, part)
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)

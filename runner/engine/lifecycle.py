@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from runner.engine import ownership
+from runner.engine import breakers, ownership
 from runner.engine.crashpoints import crashpoint
 from runner.engine.driver import LEASE_SECONDS, Driver, Reporter
 from runner.engine.values import parse_params
@@ -38,7 +38,8 @@ class RunRequest:
     params: Mapping[str, str]
     run_id: str | None
     concurrency: int
-    kind: str = "workflow"
+    park_refused: bool = True
+    """False: a step its circuit refuses fails at once (`retry --no-wait`)."""
 
 
 def start_run(store: Store, request: RunRequest, reporter: Reporter) -> ExitCode:
@@ -51,10 +52,18 @@ def start_run(store: Store, request: RunRequest, reporter: Reporter) -> ExitCode
         )
     if store.run(run_id) is not None:
         raise UsageError(f"run id '{run_id}' is taken; choose another --run-id")
-    _record_run(store, run_id, workflow, params, request.kind)
+    _record_run(store, run_id, workflow, params)
     crashpoint("run.created")
     reporter("running", None, {"run_id": run_id})
-    return _drive(store, run_id, workflow, params, request.concurrency, reporter)
+    return _drive(
+        store,
+        run_id,
+        workflow,
+        params,
+        request.concurrency,
+        reporter,
+        park_refused=request.park_refused,
+    )
 
 
 def _new_run_id(store: Store, name: str) -> str:
@@ -63,7 +72,7 @@ def _new_run_id(store: Store, name: str) -> str:
 
 
 def _record_run(
-    store: Store, run_id: str, workflow: Workflow, params: dict[str, Any], kind: str
+    store: Store, run_id: str, workflow: Workflow, params: dict[str, Any]
 ) -> None:
     owner = json.dumps(ownership.me())
     with store.write() as txn:
@@ -71,7 +80,7 @@ def _record_run(
             {
                 "run_id": run_id,
                 "workflow": workflow.name,
-                "kind": kind,
+                "kind": "workflow",
                 "status": "running",
                 "path": os.path.abspath(workflow.path),
                 "source": workflow.source,
@@ -86,6 +95,7 @@ def _record_run(
             txn.insert_step(
                 run_id, {"name": name, "position": position, "status": "pending"}
             )
+        breakers.declare(txn, dict(workflow.circuits))
         txn.event("run.started", run_id, workflow=workflow.name)
 
 
@@ -96,12 +106,15 @@ def _drive(
     params: dict[str, Any],
     concurrency: int,
     reporter: Reporter,
+    *,
+    park_refused: bool = True,
 ) -> ExitCode:
     run = store.run(run_id)
     assert run is not None
     driver = Driver(
         store, run, workflow, params, concurrency=concurrency, reporter=reporter
     )
+    driver.park_refused = park_refused
     with _forward_signals(driver.request_stop):
         return driver.drive()
 

@@ -33,7 +33,12 @@ from pathlib import Path
 from subprocess import Popen
 
 from runner.engine import procinfo
-from runner.engine.procinfo import enable_subreaper
+from runner.engine.procinfo import (
+    SETTLE,
+    ProcessIdentity,
+    enable_subreaper,
+    kill_leftover,
+)
 
 __all__ = [
     "TRACKING_VAR",
@@ -55,11 +60,13 @@ leaves the step's group (setsid, double fork) is still found by it."""
 # with stdin from /dev/null, so the gate's fd does not reach the command. When
 # the parent closes the gate without writing, the command never starts. The
 # shell exports PWD, which the command must not see unless the spec set it.
+FAST_PATH_WAIT = 0.05
+"""How long the output pipes may take to close after the leader exited before
+the full sweep of /proc is used instead."""
 _GATE_SCRIPT = 'read -r _ || exit 125; exec "$@" </dev/null'
 _GATE_SCRIPT_NO_PWD = 'read -r _ || exit 125; unset PWD; exec "$@" </dev/null'
 _SHELL = "/bin/sh"
 _POLL = 0.05  # how often to look for the leader's exit when there is no pidfd
-_SETTLE = 0.01  # how often to look whether killed processes are gone
 
 
 @dataclass(frozen=True)
@@ -86,20 +93,13 @@ class AttemptSpec:
 
 
 @dataclass(frozen=True)
-class ProcessIdentity:
-    """Enough to recognise an attempt's process group after the runner died."""
-
-    pid: int
-    pgid: int
-    start_time: int
-    """Field 22 of /proc/PID/stat, in clock ticks since boot."""
-    boot_id: str
-
-
-@dataclass(frozen=True)
 class AttemptResult:
-    """How an attempt ended. Exactly one of exit_code, signal, spawn_error is
-    set, unless the attempt was interrupted before its process started."""
+    """How an attempt ended.
+
+    Exactly one of exit_code, signal and spawn_error is set, unless the attempt
+    was interrupted before its command started: then none is, or exit_code is
+    125 when the process was already waiting at the gate.
+    """
 
     exit_code: int | None
     signal: str | None
@@ -269,20 +269,23 @@ class Attempt:
         sel.register(out_r, selectors.EVENT_READ, out)
         sel.register(err_r, selectors.EVENT_READ, err)
         timed_out = self._supervise(proc.pid, sel, stack)
-        escaped = self._finish_group(proc.pid, sel)
+        escaped = self._finish_group(proc.pid, sel, timed_out)
 
         return _Outcome(self._reap(proc), None, timed_out, escaped)
 
     def _spawn(self, stack: ExitStack) -> tuple[Popen[bytes], int, int, int]:
         spec = self.spec
-        argv = _gated_argv(spec)
+        gated = self._on_started is not None
+        argv = _gated_argv(spec) if gated else _direct_argv(spec)
         env = dict(spec.env)
         if spec.track_escapees:
             env[TRACKING_VAR] = self._token
 
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        gate_r, gate_w = os.pipe()
+        # Without on_started nothing needs to wait: the command starts at once,
+        # saving the wrapper shell's exec on every attempt.
+        gate_r, gate_w = os.pipe() if gated else (os.open(os.devnull, os.O_RDONLY), -1)
         for fd in (out_r, err_r):
             stack.callback(os.close, fd)
 
@@ -299,7 +302,8 @@ class Attempt:
                 restore_signals=True,
             )
         except (OSError, ValueError) as exc:
-            os.close(gate_w)
+            if gate_w >= 0:
+                os.close(gate_w)
             reason = getattr(exc, "strerror", None) or str(exc)
             raise _CannotStart(_cannot_start(spec, reason)) from exc
         finally:
@@ -317,8 +321,9 @@ class Attempt:
             stat = procinfo.read_stat(pid)
             self._start_time = stat.start_time if stat is not None else 0
             identity = ProcessIdentity(pid, pid, self._start_time, procinfo.boot_id())
-            if self._on_started is not None:
-                self._on_started(identity)
+            if self._on_started is None:
+                return
+            self._on_started(identity)
 
             with self._lock, suppress(BrokenPipeError):
                 # A broken pipe means the wrapper was killed meanwhile.
@@ -326,7 +331,8 @@ class Attempt:
                     os.write(gate, b"go\n")
         finally:
             # Closed unwritten, the gate makes the wrapper exit 125 at once.
-            os.close(gate)
+            if gate >= 0:
+                os.close(gate)
 
     def _supervise(
         self, pid: int, sel: selectors.BaseSelector, stack: ExitStack
@@ -360,7 +366,9 @@ class Attempt:
             sel.unregister(pidfd)
         return timed_out
 
-    def _finish_group(self, pid: int, sel: selectors.BaseSelector) -> tuple[int, ...]:
+    def _finish_group(
+        self, pid: int, sel: selectors.BaseSelector, timed_out: bool
+    ) -> tuple[int, ...]:
         """Kill what the leader left behind, then read the rest of the output.
 
         A step's background processes must not outlive it, so the group gets
@@ -371,12 +379,23 @@ class Attempt:
         with self._lock:
             self._leader_exited = True
             self._kill_at = None
-        _await_group_gone(pid, self._kill_group, lambda: _pump(sel, _SETTLE))
+            cut_short = timed_out or self._interrupted
+
+        # The common case costs no /proc scan: the group is sent SIGKILL, which
+        # no process survives, and once no process holds the output pipes any
+        # more every member that could still write is gone. A timed-out or
+        # interrupted attempt, or one whose pipes stay open, takes the full
+        # sweep below. (A detached daemon that closed its output is not
+        # found on the fast path; the docs say so.)
+        self._kill_group()
+        if not cut_short and _pipes_closed(sel, FAST_PATH_WAIT):
+            return ()
+        procinfo.await_group_gone(pid, self._kill_group, lambda: _pump(sel, SETTLE))
 
         escaped: tuple[int, ...] = ()
         if self.spec.track_escapees:
             mark = f"{TRACKING_VAR}={self._token}".encode()
-            escaped = _kill_marked(mark, self._start_time)
+            escaped = procinfo.kill_marked(mark, self._start_time)
 
         # No process of the step is left to write, so what the pipes hold is
         # all there is; a writer outside the group cannot make this wait.
@@ -392,7 +411,9 @@ class Attempt:
                 self._reaped = True
 
         if not already_done:
-            _await_group_gone(proc.pid, lambda: None, lambda: time.sleep(_SETTLE))
+            procinfo.await_group_gone(
+                proc.pid, lambda: None, lambda: time.sleep(SETTLE)
+            )
         return proc.wait()
 
     def _close_wake(self) -> None:
@@ -465,55 +486,15 @@ class Attempt:
         return max(0.0, min(due) - time.monotonic())
 
 
-def kill_leftover(identity: ProcessIdentity, grace: float) -> bool:
-    """End the process group a dead runner's attempt left; True if any was.
-
-    The group is recognised by its leader (same pid and start time) or, when
-    the leader is gone, by members of the pgid in the leader's session that
-    started no earlier than it. Nothing is killed on another boot, nor when the
-    pid now belongs to a different process. SIGTERM first, SIGKILL after
-    `grace`; returns once no member is left.
-    """
-    if identity.boot_id != procinfo.boot_id() or not _is_leftover(identity):
-        return False
-
-    pgid = identity.pgid
-    _killpg_quietly(pgid, signal.SIGTERM)
-    due = time.monotonic() + grace
-    while _leftover_members(identity) and time.monotonic() < due:
-        time.sleep(_SETTLE)
-
-    while _leftover_members(identity):
-        _killpg_quietly(pgid, signal.SIGKILL)
-        time.sleep(_SETTLE)
-    return True
-
-
-def _is_leftover(identity: ProcessIdentity) -> bool:
-    leader = procinfo.read_stat(identity.pid)
-    if leader is not None and leader.start_time != identity.start_time:
-        # The pid is a new process, so the old group cannot exist: the kernel
-        # does not reuse a pid while it is still some group's pgid.
-        return False
-    return bool(_leftover_members(identity))
-
-
-def _leftover_members(identity: ProcessIdentity) -> list[procinfo.ProcStat]:
-    return [
-        p
-        for p in procinfo.group_members(identity.pgid)
-        if p.alive
-        and p.session == identity.pgid
-        and p.start_time >= identity.start_time
-    ]
-
-
-def _killpg_quietly(pgid: int, sig: int) -> None:
-    with suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-
-
 # Starting the child.
+
+
+def _direct_argv(spec: AttemptSpec) -> list[str]:
+    """The command's own argv; raises _CannotStart when it cannot start."""
+    _check_cwd(spec)
+    if isinstance(spec.command, str):
+        return [_SHELL, "-c", spec.command]
+    return [_find_program(spec), *spec.command[1:]]
 
 
 def _gated_argv(spec: AttemptSpec) -> list[str]:
@@ -637,6 +618,26 @@ def _read_chunk(sel: selectors.BaseSelector, fd: int, stream: _Stream) -> bool:
     return False
 
 
+def _pipes_closed(sel: selectors.BaseSelector, within: float) -> bool:
+    """Read until both output pipes reach EOF; False if that takes too long."""
+    streams = [(k.fd, k.data) for k in sel.get_map().values()]
+    pending = {fd: data for fd, data in streams if isinstance(data, _Stream)}
+    deadline = time.monotonic() + within
+    with selectors.DefaultSelector() as only_pipes:
+        for fd, stream in pending.items():
+            only_pipes.register(fd, selectors.EVENT_READ, stream)
+        while only_pipes.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            for key, _ in only_pipes.select(left):
+                _read_chunk(only_pipes, key.fd, key.data)  # unregisters at EOF
+    for fd in pending:
+        with suppress(KeyError):
+            sel.unregister(fd)
+    return True
+
+
 def _drain(sel: selectors.BaseSelector) -> None:
     """Read what the pipes still hold, without waiting for more."""
     streams = [(k.fd, k.data) for k in sel.get_map().values()]
@@ -648,78 +649,6 @@ def _drain(sel: selectors.BaseSelector) -> None:
             pass
         if fd in sel.get_map():
             sel.unregister(fd)
-
-
-def _await_group_gone(
-    leader: int, kill: Callable[[], None], pause: Callable[[], None]
-) -> None:
-    """Kill the group until no member but the zombie leader is left.
-
-    Members orphaned to this process (when it is a subreaper) are reaped.
-    """
-    me = os.getpid()
-    while True:
-        kill()
-        members = procinfo.group_members(leader, exclude=leader)
-        for member in members:
-            if not member.alive and member.ppid == me:
-                _reap_quietly(member.pid)
-        if not any(m.alive for m in members):
-            return
-        pause()
-
-
-def _kill_marked(mark: bytes, since: int) -> tuple[int, ...]:
-    """Kill live processes whose environment carries `mark`; their pids."""
-    killed: set[int] = set()
-    unkillable: set[int] = set()
-    while True:
-        found = [
-            p
-            for p in procinfo.iter_processes()
-            if p.alive
-            and p.start_time >= since
-            and p.pid not in unkillable
-            and procinfo.environ_has(p.pid, mark)
-        ]
-        if not found:
-            break
-        for process in found:
-            target = killed if _kill_exactly(process) else unkillable
-            target.add(process.pid)
-        time.sleep(_SETTLE)
-
-    me = os.getpid()
-    for pid in killed:
-        stat = procinfo.read_stat(pid)
-        if stat is not None and stat.ppid == me and not stat.alive:
-            _reap_quietly(pid)
-    return tuple(sorted(killed))
-
-
-def _kill_exactly(process: procinfo.ProcStat) -> bool:
-    """SIGKILL `process` through a pidfd, so a reused pid is never hit."""
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except OSError:
-        return True  # already gone
-    try:
-        now = procinfo.read_stat(process.pid)
-        if now is None or now.start_time != process.start_time:
-            return True
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        return True
-    except PermissionError:
-        return False
-    except ProcessLookupError:
-        return True
-    finally:
-        os.close(pidfd)
-
-
-def _reap_quietly(pid: int) -> None:
-    with suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -131,6 +131,13 @@ def record(
     return state, (*transitions, *counted)
 
 
+def current(
+    state: CircuitState, policy: CircuitPolicy, now: float
+) -> tuple[CircuitState, Transitions]:
+    """The state as time alone makes it: OPEN turns HALF_OPEN, leases expire."""
+    return _advance(state, policy, now)
+
+
 def reset(state: CircuitState) -> tuple[CircuitState, Transitions]:
     """Close the circuit by hand, forgetting its counts."""
     if state.state == "CLOSED":

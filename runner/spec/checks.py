@@ -246,6 +246,13 @@ def _check_step_text(
                 + did_you_mean(reference.name, steps),
                 offset=offset,
             )
+        elif reference.root == "steps" and reference.name == step not in visible:
+            context.report(
+                path,
+                f"step '{step}' cannot read its own status or outputs before it "
+                "ends; only its compensate can",
+                offset=offset,
+            )
         elif reference.root == "steps" and reference.name not in visible:
             context.report(
                 path,
@@ -254,7 +261,11 @@ def _check_step_text(
                 offset=offset,
             )
     if shell:
-        for template in expressions.single_quoted_templates(text):
+        try:
+            quoted = expressions.single_quoted_templates(text)
+        except expressions.ExpressionError:
+            quoted = []  # already reported by _references
+        for template in quoted:
             context.report(
                 path,
                 "expression inside single quotes: the shell will not expand it; "
@@ -388,9 +399,14 @@ def _check_params(context: _Context) -> None:
         if not fits:
             context.report(
                 ("params", name, "default"),
-                f"default {value!r} of parameter '{name}' is not of type "
+                f"default {_literal(value)} of parameter '{name}' is not of type "
                 f"{param['type']}",
             )
+
+
+def _literal(value: Any) -> str:
+    """A value as the YAML file writes it: `true`, not Python's `True`."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def merged_retry(defaults: Any, own: Any) -> dict[str, Any]:
@@ -462,7 +478,11 @@ def _check_retry(
 def _check_unused(context: _Context, steps: dict[str, dict[str, Any]]) -> None:
     holders = [context.data.get("defaults"), *steps.values()]
     for section, field in (("circuits", "circuit"), ("pools", "pool")):
-        used = {h.get(field) for h in holders if isinstance(h, dict)}
+        used = {
+            h[field]
+            for h in holders
+            if isinstance(h, dict) and isinstance(h.get(field), str)
+        }
         for name in _names(context.data.get(section)):
             if name not in used:
                 context.report(

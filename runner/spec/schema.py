@@ -55,8 +55,10 @@ def _to_problems(root: MapNode, error: Any) -> Iterator[Problem]:
         yield from _unknown_keys(root, path, error)
     elif kind == "required":
         yield _at(root, path, f"{_where(path)}missing required key {_missing(error)}")
-    elif kind == "propertyNames":
+    elif kind == "propertyNames" or "propertyNames" in error.relative_schema_path:
         yield from _bad_names(root, path, error)
+    elif kind == "uniqueItems":
+        yield _repeated_item(root, path, error.instance)
     else:
         yield _at(root, path, _where(path) + _message(error))
 
@@ -98,13 +100,27 @@ def _bad_names(
     root: MapNode, path: tuple[PathPart, ...], error: Any
 ) -> Iterator[Problem]:
     name = error.instance
-    rule = error.schema.get("propertyNames", {}).get("pattern", "")
+    rule = error.schema.get("pattern") or error.schema.get("propertyNames", {}).get(
+        "pattern", ""
+    )
     yield _at(
         root,
         (*path, name),
-        f"{_where(path)}'{name}' is not a valid name (it must match {rule})",
+        f"{_where(path)}{_show(name)} is not a valid name (it must match {rule})",
         key=True,
     )
+
+
+def _repeated_item(root: MapNode, path: tuple[PathPart, ...], items: Any) -> Problem:
+    """At the second occurrence of the first item a list repeats."""
+    for index, item in enumerate(items):
+        if any(type(seen) is type(item) and seen == item for seen in items[:index]):
+            return _at(
+                root,
+                (*path, index),
+                f"{_where(path)}lists {_show(item)} twice; remove the repeat",
+            )
+    return _at(root, path, f"{_where(path)}lists the same item twice")
 
 
 def _message(error: Any) -> str:
@@ -131,8 +147,6 @@ def _message(error: Any) -> str:
         return "must not be empty"
     if kind == "minProperties":
         return _min_properties_message(rule)
-    if kind == "uniqueItems":
-        return "lists the same item twice; remove the repeat"
     return str(error.message)
 
 

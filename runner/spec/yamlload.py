@@ -104,7 +104,8 @@ def load_file(path: str) -> Document:
 def read_bounded(path: str) -> bytes:
     """The file's bytes, refusing what is not a regular file or is too large."""
     try:
-        with open(path, "rb") as file:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer before the check.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
             info = os.fstat(file.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise _fail(1, 1, "not a regular file; give the path of a .yml file")
@@ -150,6 +151,8 @@ def parse(text: str) -> MapNode:
             builder.feed(event)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
+        if mark is not None and "nesting depth" in (error.problem or ""):
+            _find_depth_limit(text, mark.index)
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise _fail(line, column, _syntax_message(error, text)) from None
     except yaml.reader.ReaderError as error:
@@ -164,6 +167,23 @@ def parse(text: str) -> MapNode:
     return builder.finish()
 
 
+def _find_depth_limit(text: str, stop: int) -> None:
+    """Raise our depth error where it belongs, not where libyaml gave up.
+
+    libyaml's scanner can read far ahead (to its own limit, 1000 levels) before
+    the first event reaches the builder, so re-read the text up to that point
+    with the pure-Python parser, which hands over events as it goes.
+    """
+    if stop > 65536:
+        return
+    builder = _Builder()
+    try:
+        for event in yaml.parse(text[:stop], Loader=yaml.SafeLoader):
+            builder.feed(event)
+    except yaml.YAMLError:
+        return
+
+
 def _syntax_message(error: yaml.MarkedYAMLError, text: str) -> str:
     problem = error.problem or ""
     if "nesting depth" in problem:
@@ -171,7 +191,11 @@ def _syntax_message(error: yaml.MarkedYAMLError, text: str) -> str:
     mark = error.problem_mark
     if mark is not None and text[mark.index : mark.index + 1] == "\t":
         return "a tab cannot indent YAML; use spaces"
-    parts = [part for part in (error.context, problem) if part]
+    context = error.context
+    start = error.context_mark
+    if context and start is not None and mark is not None and start.line != mark.line:
+        context += f" at line {start.line + 1}, column {start.column + 1}"
+    parts = [part for part in (context, problem) if part]
     return "YAML syntax: " + ", ".join(parts) if parts else "YAML syntax error"
 
 
@@ -333,9 +357,15 @@ def _apply_merges(node: MapNode, merges: list[tuple[Scalar, Node]]) -> None:
         sources = value.items if isinstance(value, SeqNode) else [value]
         for source in sources:
             if not isinstance(source, MapNode):
+                # An alias's node sits at its anchor, before the merge: name the key.
+                at = (
+                    source
+                    if (source.line, source.column) > (key.line, key.column)
+                    else key
+                )
                 raise _fail(
-                    source.line,
-                    source.column,
+                    at.line,
+                    at.column,
                     f"'{key.text}' merges mappings only; give an alias to a mapping",
                 )
             for name, entry in source.entries.items():

@@ -453,6 +453,26 @@ def test_interrupt_from_another_thread(tmp_path: Path) -> None:
     assert live_members(recorder.pgid) == []
 
 
+def test_interrupting_many_running_attempts(tmp_path: Path) -> None:
+    """Interrupts from one thread stop 8 attempts running in 8 others."""
+    recorders = [Recorder() for _ in range(8)]
+    attempts = []
+    for index, recorder in enumerate(recorders):
+        folder = tmp_path / str(index)
+        folder.mkdir()
+        attempts.append(Attempt(make_spec(folder, "sleep 100 & wait"), recorder))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(attempt.run) for attempt in attempts]
+        assert wait_until(lambda: all(r.identity for r in recorders))
+        for attempt in attempts:
+            attempt.interrupt(signal.SIGTERM)
+        results = [future.result(timeout=10) for future in futures]
+
+    assert all(r.interrupted and r.signal == "SIGTERM" for r in results)
+    assert all(live_members(r.pgid) == [] for r in recorders)
+
+
 def test_interrupt_escalates_to_kill_after_grace(tmp_path: Path) -> None:
     """A step that ignores the forwarded signal is killed after kill_grace."""
     spec = make_spec(tmp_path, "trap '' INT TERM; sleep 100", kill_grace=0.4)

@@ -1,0 +1,59 @@
+"""Recovery statistics, totalled from the event log and the current steps."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from runner.store.sqlite import Store
+
+
+def recovery_stats(store: Store) -> dict[str, Any]:
+    rows = store.connection.execute(
+        "SELECT kind, detail FROM events WHERE kind IN ('step.succeeded', "
+        "'retry.scheduled', 'circuit.opened', 'circuit.closed', 'circuit.refused', "
+        "'step.failed', 'retry.exhausted')"
+    ).fetchall()
+    totals: dict[str, Any] = {
+        "succeeded_first_attempt": 0,
+        "succeeded_after_retry": 0,
+        "retries_by_class": {"transient": 0, "intermittent": 0, "permanent": 0},
+        "circuit_opened": 0,
+        "circuit_refused": 0,
+        "circuit_closed": 0,
+        "permanent_failures": 0,
+        "retries_exhausted": 0,
+    }
+    for kind, text in rows:
+        _count(totals, kind, json.loads(text) if text else {})
+    totals["pending_redrive"] = _pending_redrive(store)
+    return totals
+
+
+def _count(totals: dict[str, Any], kind: str, detail: dict[str, Any]) -> None:
+    if kind == "step.succeeded":
+        key = (
+            "succeeded_after_retry"
+            if detail.get("attempts", 1) > 1
+            else ("succeeded_first_attempt")
+        )
+        totals[key] += 1
+    elif kind == "retry.scheduled" and detail.get("of", "run") == "run":
+        error_class = detail.get("error_class", "intermittent")
+        totals["retries_by_class"][error_class] += 1
+    elif kind.startswith("circuit."):
+        totals[kind.replace(".", "_")] += 1
+    elif kind == "step.failed" and detail.get("error_class") == "permanent":
+        totals["permanent_failures"] += 1
+    elif kind == "retry.exhausted":
+        totals["retries_exhausted"] += 1
+
+
+def _pending_redrive(store: Store) -> int:
+    row = store.connection.execute(
+        "SELECT COUNT(*) FROM steps JOIN runs ON runs.run_id = steps.run_id "
+        "WHERE (runs.status = 'failed' AND steps.status = 'failed') "
+        "OR (runs.status = 'compensation_failed' "
+        "AND steps.status = 'compensation_failed')"
+    ).fetchone()
+    return int(row[0])
