@@ -342,7 +342,7 @@ def one_step(root: str | None, names: set[str]) -> dict[str, Any]:
         if tool.name not in names:
             continue
         walls = [sample(tool, "fanout", 1, root).wall for _ in range(5)]
-        result[name] = {"walls": walls, "wall": statistics.median(walls)}
+        result[tool.name] = {"walls": walls, "wall": statistics.median(walls)}
     return result
 
 

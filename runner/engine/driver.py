@@ -35,6 +35,7 @@ from runner.engine.process import AttemptResult
 from runner.errors import ExitCode
 from runner.policy.backoff import decide_retry
 from runner.policy.classify import Classification, Failure, classify
+from runner.policy.compensation import dependents_of, ready_to_compensate
 from runner.spec import expressions
 from runner.spec.model import OnExhausted, RetryPolicy, Step, Workflow
 from runner.store.sqlite import Store, Txn
@@ -90,10 +91,8 @@ class Driver:
             row["name"]: _state(workflow.steps[row["name"]], row)
             for row in store.steps(self.run_id)
         }
-        self.dependents: dict[str, list[str]] = {name: [] for name in workflow.steps}
-        for step in workflow.steps.values():
-            for needed in step.needs:
-                self.dependents[needed].append(step.name)
+        self.needs = {name: step.needs for name, step in workflow.steps.items()}
+        self.dependents = dependents_of(self.needs)
         self.writes: list[Write] = []
         self.done: queue.Queue[Job] = queue.Queue()
         self.running: dict[str, Job] = {}
@@ -625,28 +624,11 @@ class Driver:
                 self._enqueue(name)
 
     def _compensable(self) -> list[str]:
-        done = self._backward_done()
-        order = sorted(self.states, key=lambda n: -self.states[n].position)
-        return [
-            name
-            for name in order
-            if self.states[name].status == "succeeded"
-            and self.states[name].step.compensate is not None
-            and all(done[d] for d in self.dependents[name])
-        ]
-
-    def _backward_done(self) -> dict[str, bool]:
-        """Whether each step needs no more compensation work, before its needs."""
-        done: dict[str, bool] = {}
-        for name in _reverse_topological(self.workflow):
-            state = self.states[name]
-            if state.status == "succeeded":
-                done[name] = state.step.compensate is None and all(
-                    done[d] for d in self.dependents[name]
-                )
-            else:
-                done[name] = state.status not in ("compensating", "compensation_failed")
-        return done
+        return ready_to_compensate(
+            self.needs,
+            {name: state.status for name, state in self.states.items()},
+            {n: s.step.compensate is not None for n, s in self.states.items()},
+        )
 
     def _launch_compensation(self, name: str) -> Launch | None:
         state = self.states[name]
@@ -791,26 +773,3 @@ def _tail(result: AttemptResult) -> str:
 def _short(fields: dict[str, Any]) -> dict[str, Any]:
     keep = ("error_class", "rule", "message")
     return {key: fields[key] for key in keep if fields.get(key)}
-
-
-def _reverse_topological(workflow: Workflow) -> list[str]:
-    """Steps with every dependent before the step itself."""
-    order: list[str] = []
-    seen: set[str] = set()
-    dependents: dict[str, list[str]] = {name: [] for name in workflow.steps}
-    for step in workflow.steps.values():
-        for needed in step.needs:
-            dependents[needed].append(step.name)
-    for root in workflow.steps:
-        stack: list[tuple[str, bool]] = [(root, False)]
-        while stack:
-            name, expanded = stack.pop()
-            if expanded:
-                order.append(name)
-                continue
-            if name in seen:
-                continue
-            seen.add(name)
-            stack.append((name, True))
-            stack.extend((d, False) for d in dependents[name] if d not in seen)
-    return order

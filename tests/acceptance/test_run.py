@@ -216,61 +216,53 @@ def test_bad_params_exit_2_and_record_nothing(runner, workflow, tmp_path, args, 
 # Hostile values (FAULTS G1-G3) -------------------------------------------------
 
 
-@pytest.mark.parametrize("value", HOSTILE)
-def test_hostile_param_reaches_a_shell_step_byte_for_byte(
-    runner, workflow, tmp_path, value
-):
-    """Shell syntax in a parameter is data: the step gets it exactly, runs nothing."""
-    path = workflow(
-        {
-            "version": 1,
-            "name": "hostile",
-            "params": {"v": {"type": "string"}},
-            "steps": {
-                "quoted": {"run": "printf '%s' \"${{ params.v }}\" > got.bin"},
-                "bare": {"run": "echo ${{ params.v }} > bare.txt"},
-                "env": {
-                    "env": {"V": "${{ params.v }}"},
-                    "run": "printf '%s' \"$V\" > env.bin",
-                },
-            },
+def test_hostile_params_reach_shell_steps_byte_for_byte(runner, workflow, tmp_path):
+    """Shell syntax in a parameter is data: each step gets it exactly, runs nothing."""
+    params = {f"v{n}": {"type": "string"} for n in range(len(HOSTILE))}
+    steps = {}
+    for n in range(len(HOSTILE)):
+        value = f"${{{{ params.v{n} }}}}"
+        steps[f"quoted{n}"] = {"run": f"printf '%s' \"{value}\" > quoted{n}.bin"}
+        steps[f"bare{n}"] = {"run": f"echo {value} > bare{n}.txt"}
+        steps[f"env{n}"] = {
+            "env": {"V": value},
+            "run": f"printf '%s' \"$V\" > env{n}.bin",
         }
-    )
+    path = workflow({"version": 1, "name": "hostile", "params": params, "steps": steps})
+    given = [arg for n, v in enumerate(HOSTILE) for arg in ("-p", f"v{n}={v}")]
 
-    done = runner("run", str(path), "-p", f"v={value}")
+    done = runner("run", str(path), *given)
 
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "got.bin").read_bytes() == value.encode()
-    assert (tmp_path / "env.bin").read_bytes() == value.encode()
+    for n, value in enumerate(HOSTILE):
+        assert (tmp_path / f"quoted{n}.bin").read_bytes() == value.encode(), value
+        assert (tmp_path / f"env{n}.bin").read_bytes() == value.encode(), value
     assert pwned(tmp_path) == []
 
 
-@pytest.mark.parametrize("value", [v for v in HOSTILE if "\n" not in v])
-def test_hostile_upstream_output_reaches_the_next_step_byte_for_byte(
-    runner, workflow, tmp_path, value
+def test_hostile_upstream_outputs_reach_the_next_step_byte_for_byte(
+    runner, workflow, tmp_path
 ):
     """An output holding shell syntax (a file name, say) is data to its reader."""
-    (tmp_path / "payload.txt").write_bytes(b"file=" + value.encode() + b"\n")
-    path = workflow(
-        {
-            "version": 1,
-            "name": "hostile-output",
-            "steps": {
-                "produce": {"run": 'cat payload.txt >> "$RUNNER_OUTPUT"'},
-                "consume": {
-                    "needs": ["produce"],
-                    "run": "printf '%s' \"${{ steps.produce.outputs.file }}\" "
-                    "> got.bin; echo ${{ steps.produce.outputs.file }} > bare.txt",
-                },
-            },
+    values = [v for v in HOSTILE if "\n" not in v]
+    lines = "".join(f"file{n}={v}\n" for n, v in enumerate(values))
+    (tmp_path / "payload.txt").write_text(lines)
+    steps: dict = {"produce": {"run": 'cat payload.txt >> "$RUNNER_OUTPUT"'}}
+    for n in range(len(values)):
+        value = f"${{{{ steps.produce.outputs.file{n} }}}}"
+        steps[f"consume{n}"] = {
+            "needs": ["produce"],
+            "run": f"printf '%s' \"{value}\" > got{n}.bin; echo {value} > bare{n}",
         }
-    )
+    path = workflow({"version": 1, "name": "hostile-output", "steps": steps})
 
     done = runner("run", str(path), "--run-id", "r1")
 
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "got.bin").read_bytes() == value.encode()
-    assert runner.steps("r1")["produce"]["outputs"] == {"file": value}
+    for n, value in enumerate(values):
+        assert (tmp_path / f"got{n}.bin").read_bytes() == value.encode(), value
+    outputs = runner.steps("r1")["produce"]["outputs"]
+    assert outputs == {f"file{n}": v for n, v in enumerate(values)}
     assert pwned(tmp_path) == []
 
 
