@@ -32,7 +32,7 @@ from runner.engine import breakers, jobs, values
 from runner.engine.crashpoints import crashpoint
 from runner.engine.jobs import Job, Launch
 from runner.engine.process import AttemptResult
-from runner.errors import ExitCode
+from runner.errors import ExitCode, LockedError
 from runner.policy.backoff import decide_retry
 from runner.policy.classify import Classification, Failure, classify
 from runner.policy.compensation import dependents_of, ready_to_compensate
@@ -114,6 +114,26 @@ class Driver:
     def drive(self) -> ExitCode:
         jobs.run_log_dir(self.store.state_dir, self.run_id)
         self._prepare()
+        try:
+            return self._loop()
+        except LockedError:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """Fenced out: another owner drives the run now; end our attempts."""
+        for job in list(self.running.values()):
+            job.interrupt(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.running and time.monotonic() < deadline:
+            try:
+                job = self.done.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if job is not _WAKE:
+                self.running.pop(job.launch.step, None)
+
+    def _loop(self) -> ExitCode:
         while True:
             self._collect(block=False)
             if self.stop_signal is not None:
