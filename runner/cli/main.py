@@ -8,13 +8,15 @@ its traceback.
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import sys
 from typing import Any
 
 import click
 
 from runner import __version__
-from runner.errors import RunnerError
+from runner.errors import ExitCode, RunnerError
 
 STATE_HELP = (
     "State directory (or postgresql:// URL); default $RUNNER_STATE, "
@@ -31,6 +33,16 @@ class Group(click.Group):
         except RunnerError as error:
             click.echo(error.message, err=True)
             sys.exit(int(error.exit_code))
+        except KeyboardInterrupt:
+            # Ctrl-C outside a run (a run handles SIGINT itself): nothing started.
+            sys.exit(int(ExitCode.SIGINT))
+        except BrokenPipeError:
+            # `runner status | head`: the reader left; say nothing more.
+            _silence_stdout()
+            sys.exit(int(ExitCode.OK))
+        except sqlite3.DatabaseError as error:
+            click.echo(f"state database error: {error}; nothing more was run", err=True)
+            sys.exit(int(ExitCode.STORE))
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,6 +52,12 @@ class Group(click.Group):
 def cli(ctx: click.Context, state: str | None) -> None:
     """Run declarative workflows that survive flaky networks and crashes."""
     ctx.obj = {"state": state}
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def state_option(function: Any) -> Any:

@@ -32,7 +32,7 @@ from runner.engine import breakers, jobs, values
 from runner.engine.crashpoints import crashpoint
 from runner.engine.jobs import Job, Launch
 from runner.engine.process import AttemptResult
-from runner.errors import ExitCode, LockedError
+from runner.errors import ExitCode, LockedError, StoreError
 from runner.policy.backoff import decide_retry
 from runner.policy.classify import Classification, Failure, classify
 from runner.policy.compensation import dependents_of, ready_to_compensate
@@ -116,12 +116,12 @@ class Driver:
         self._prepare()
         try:
             return self._loop()
-        except LockedError:
+        except (LockedError, StoreError):
             self._abandon()
             raise
 
     def _abandon(self) -> None:
-        """Fenced out: another owner drives the run now; end our attempts."""
+        """Fenced out, or the store failed: end our attempts, record nothing."""
         for job in list(self.running.values()):
             job.interrupt(signal.SIGKILL)
         deadline = time.monotonic() + 10

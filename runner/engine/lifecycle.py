@@ -204,7 +204,8 @@ def resume_run(
 ) -> ExitCode:
     run_id = run["run_id"]
     if run["status"] not in UNFINISHED:
-        reporter("nothing", None, {"run_id": run_id, "status": run["status"]})
+        details = {"run_id": run_id, "message": "nothing to do", "status": run["status"]}
+        reporter("nothing", None, details)
         return ExitCode.OK if run["status"] == "succeeded" else ExitCode.RUN_FAILED
     epoch, crashed = ownership.acquire(store, run_id, LEASE_SECONDS)
     if crashed and run["recoveries"] + 1 > MAX_RECOVERIES:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+from runner.engine import breakers
 from runner.engine.jobs import attempt_prefix
 from runner.engine.lifecycle import RUN_ID, RunRequest, start_run
 from runner.errors import ExitCode, UsageError
 from runner.report.progress import PlainReporter
+from runner.spec.model import CircuitPolicy
 from runner.spec.validate import InvalidWorkflow, check_text
 from runner.store.sqlite import Store
 
@@ -42,7 +44,10 @@ def _literal(text: str) -> str:
     return json.dumps(text.replace("${{", "${{ '${{' }}"))
 
 
-def workflow_source(request: RetryRequest) -> str:
+def workflow_source(
+    request: RetryRequest, policy: CircuitPolicy | None = None
+) -> str:
+    """The one-step workflow; `policy` is the circuit's, declared unchanged."""
     lines = [
         "version: 1",
         "name: retry",
@@ -59,7 +64,18 @@ def workflow_source(request: RetryRequest) -> str:
         lines.append(f"    timeout: {json.dumps(request.timeout)}")
     if request.circuit:
         lines.append(f"    circuit: {json.dumps(request.circuit)}")
+        declared = json.dumps(asdict(policy or CircuitPolicy()))
+        lines += ["circuits:", f"  {json.dumps(request.circuit)}: {declared}"]
     return "\n".join(lines) + "\n"
+
+
+def _stored_policy(store: Store, request: RetryRequest) -> CircuitPolicy | None:
+    """A circuit named only here keeps its stored policy (else the defaults)."""
+    if request.circuit is None:
+        return None
+    with store.write() as txn:
+        _, policy = breakers.load(txn, request.circuit)
+    return policy
 
 
 def _free_run_id(store: Store, task_id: str) -> str:
@@ -76,7 +92,8 @@ def _free_run_id(store: Store, task_id: str) -> str:
 
 def run_retry(store: Store, request: RetryRequest) -> ExitCode:
     path = os.path.join(request.cwd, f".runner-retry-{request.task_id}.yml")
-    report = check_text(path, workflow_source(request))
+    source = workflow_source(request, _stored_policy(store, request))
+    report = check_text(path, source)
     if report.workflow is None:
         raise InvalidWorkflow(report)
     run_id = _free_run_id(store, request.task_id)

@@ -56,7 +56,7 @@ class LiveReporter:
         from rich.live import Live
 
         self.rows: dict[str, list[Any]] = {
-            name: ["pending", "", None] for name in steps
+            name: ["pending", "", None, None] for name in steps
         }
         self.run_status = "running"
         self.run_id = ""
@@ -73,26 +73,24 @@ class LiveReporter:
             self.run_status = status
             self.run_id = details.get("run_id") or self.run_id
             return
-        row = self.rows.setdefault(step, ["pending", "", None])
+        row = self.rows.setdefault(step, ["pending", "", None, None])
         row[0] = status
         if details.get("attempt") is not None:
             row[1] = str(details["attempt"])
         if status in ("running", "compensating") and details.get("attempt"):
-            row[2] = time.monotonic()
+            row[2], row[3] = time.monotonic(), None
+        elif row[2] is not None and row[3] is None:
+            row[3] = time.monotonic()
 
     def _table(self) -> Any:
         from rich.table import Table
 
-        table = Table(title=f"run {self.run_id} — {self.run_status}", expand=False)
+        table = Table(caption=f"run {self.run_id}: {self.run_status}")
         for column in ("step", "state", "attempt", "elapsed"):
             table.add_column(column)
         now = time.monotonic()
-        for name, (status, attempt, since) in self.rows.items():
-            elapsed = (
-                f"{now - since:.1f}s"
-                if since and status in ("running", "compensating")
-                else ""
-            )
+        for name, (status, attempt, since, until) in self.rows.items():
+            elapsed = f"{(until or now) - since:.1f}s" if since else ""
             table.add_row(name, status, attempt, elapsed)
         return table
 

@@ -58,6 +58,7 @@ class Node:
 class Scalar(Node):
     value: Any = None
     text: str = ""
+    plain: bool = False  # unquoted and untagged: only a plain `<<` merges
 
 
 @dataclass(eq=False)
@@ -260,6 +261,7 @@ class _Builder:
             line, column, resolve(event.value, event.tag, plain, line, column)
         )
         node.text = event.value
+        node.plain = bool(plain)
         self._count(1, line, column)
         self._add(node, 1, event.anchor)
 
@@ -312,7 +314,7 @@ class _Builder:
     @staticmethod
     def _set_entry(parent: _Frame, key: Scalar, value: Node) -> None:
         assert isinstance(parent.node, MapNode)
-        if key.text == "<<" and key.value == "<<":
+        if key.plain and key.text == "<<":
             parent.merges.append((key, value))
             return
         first = parent.node.entries.get(key.text)

@@ -15,6 +15,7 @@ PostgreSQL store can share it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -228,10 +229,20 @@ class Store:
                 txn.fence(run_id or "", epoch)
             yield txn
             connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            self._rollback()
+            raise StoreError(
+                f"cannot record the change in state database {self.path}: {error}; "
+                "nothing more was run; free the disk or fix the store, then resume"
+            ) from None
         except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
+            self._rollback()
             raise
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK")
 
     # Reads -------------------------------------------------------------------
 
