@@ -8,7 +8,7 @@ read: a schema error must never become a crash here.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,13 +217,35 @@ def _check_expressions(
                     "workflow-level values cannot use steps; move it to a step's env",
                     offset=offset,
                 )
-            else:
+            elif reference.root == "params":
                 _check_param(context, path, reference, params, offset)
     for name, step in steps.items():
-        ancestors = _ancestors(graph, name)
         for path, text, shell in _step_texts(name, step):
-            own = {name} if path[2] == "compensate" else set()
-            _check_step_text(context, path, text, shell, steps, ancestors | own, params)
+            visible = _Visible(graph, name, itself=path[2] == "compensate")
+            _check_step_text(context, path, text, shell, steps, visible, params)
+
+
+class _Visible:
+    """The steps a step's text may read; its ancestors are walked only when asked.
+
+    Most references name a direct need, so a 10,000-step chain is not walked
+    10,000 times.
+    """
+
+    def __init__(self, graph: dict[str, list[str]], name: str, *, itself: bool) -> None:
+        self.graph = graph
+        self.name = name
+        self.itself = itself
+        self.ancestors: set[str] | None = None
+
+    def __contains__(self, other: object) -> bool:
+        if self.itself and other == self.name:
+            return True
+        if other in self.graph.get(self.name, ()):
+            return True
+        if self.ancestors is None:
+            self.ancestors = _ancestors(self.graph, self.name)
+        return other in self.ancestors
 
 
 def _check_step_text(
@@ -232,7 +254,7 @@ def _check_step_text(
     text: str,
     shell: bool,
     steps: dict[str, dict[str, Any]],
-    visible: set[str],
+    visible: Container[str],
     params: list[str],
 ) -> None:
     step = path[1]
@@ -260,7 +282,7 @@ def _check_step_text(
                 f"(directly or through its needs); add '{reference.name}' to needs",
                 offset=offset,
             )
-    if shell:
+    if shell and "'" in text:  # no single quote, nothing single-quoted
         try:
             quoted = expressions.single_quoted_templates(text)
         except expressions.ExpressionError:

@@ -37,6 +37,7 @@ MAX_DEPTH = 64
 CORE = "tag:yaml.org,2002:"
 _CORE_TAGS = {f"{CORE}{name}" for name in ("str", "int", "float", "bool", "null")}
 _COLLECTION_TAGS = {f"{CORE}map", f"{CORE}seq", "!"}
+_SCALAR_TAGS = _CORE_TAGS | {"!"}
 
 _NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
@@ -46,6 +47,7 @@ _INT16 = re.compile(r"^0x[0-9a-fA-F]+$")
 _FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$")
 _INF = re.compile(r"^[-+]?\.(?:inf|Inf|INF)$")
 _NAN = re.compile(r"^\.(?:nan|NaN|NAN)$")
+_CORE_STARTS = frozenset("~nNtTfF+-.0123456789")  # first characters of the above
 
 
 @dataclass(eq=False)
@@ -228,10 +230,10 @@ class _Builder:
     def feed(self, event: yaml.Event) -> None:
         mark = event.start_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        if isinstance(event, yaml.DocumentStartEvent):
-            self._document(line, column)
-        elif isinstance(event, yaml.ScalarEvent):
+        if isinstance(event, yaml.ScalarEvent):  # the most common, tested first
             self._scalar(event, line, column)
+        elif isinstance(event, yaml.DocumentStartEvent):
+            self._document(line, column)
         elif isinstance(event, yaml.AliasEvent):
             self._alias(event, line, column)
         elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
@@ -255,7 +257,7 @@ class _Builder:
             self.first_over = (line, column)
 
     def _scalar(self, event: yaml.ScalarEvent, line: int, column: int) -> None:
-        _check_tag(event.tag, line, column, _CORE_TAGS | {"!"})
+        _check_tag(event.tag, line, column, _SCALAR_TAGS)
         plain = event.implicit[0] and event.style in (None, "")
         node = Scalar(
             line, column, resolve(event.value, event.tag, plain, line, column)
@@ -405,6 +407,8 @@ def resolve(text: str, tag: str | None, plain: bool, line: int, column: int) -> 
 
 
 def _core_value(text: str) -> Any:
+    if text and text[0] not in _CORE_STARTS:
+        return text  # most plain text: no core pattern can match
     if _NULL.match(text):
         return None
     if _BOOL.match(text):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import string
 import threading
@@ -31,7 +32,8 @@ from runner.spec.yamlload import (
     to_data,
 )
 
-DATA = Path(__file__).parents[1] / "data"
+ROOT = Path(__file__).parents[2]
+DATA = ROOT / "tests" / "data"
 
 
 def value_of(text: str) -> Any:
@@ -126,7 +128,10 @@ def test_core_tag_with_a_wrong_value_is_refused() -> None:
 @pytest.mark.parametrize(
     ("text", "shown"),
     [
-        ("v: !!python/object/apply:os.system [ls]\n", "!!python/object/apply:os.system"),
+        (
+            "v: !!python/object/apply:os.system [ls]\n",
+            "!!python/object/apply:os.system",
+        ),
         ("v: !!python/name:os.system\n", "!!python/name:os.system"),
         ("v: !!binary aGVsbG8=\n", "!!binary"),
         ("v: !custom {a: 1}\n", "!custom"),
@@ -159,6 +164,12 @@ def test_merge_of_a_scalar_is_refused() -> None:
     problem = problem_of("s: &s text\nuse: {<<: *s}\n")
     assert problem.message == "'<<' merges mappings only; give an alias to a mapping"
     assert (problem.line, problem.column) == (2, 7)
+
+
+@pytest.mark.parametrize("key", ["'<<'", '"<<"', "!!str <<"])
+def test_quoted_or_tagged_merge_key_is_an_ordinary_key(key: str) -> None:
+    """Only a plain `<<` merges; quoted, it is just a key."""
+    assert to_data(parse(f"a: {{{key}: 1}}\n")) == {"a": {"<<": 1}}
 
 
 def test_aliases_share_the_anchored_value() -> None:
@@ -438,9 +449,7 @@ def test_unreadable_paths_are_one_problem(
 ) -> None:
     """A missing path or a directory is a problem, not a traceback."""
     report = check_file(str(tmp_path / name))
-    assert [(p.line, p.column, p.message) for p in report.problems] == [
-        (1, 1, message)
-    ]
+    assert [(p.line, p.column, p.message) for p in report.problems] == [(1, 1, message)]
 
 
 # Property-based: whatever the input, a clean result or a LoadError.
@@ -500,15 +509,9 @@ def test_plain_yaml_round_trips(data: dict[str, Any]) -> None:
     assert to_data(parse(yaml.safe_dump(data))) == data
 
 
-STEP_KEYS = [
-    "run", "needs", "if", "env", "cwd", "timeout", "kill_grace", "retry",
-    "classify", "circuit", "pool", "check", "compensate", "on_exhausted",
-    "on_crash",
-]  # fmt: skip
-TOP_KEYS = [
-    "version", "name", "description", "params", "env", "defaults", "classify",
-    "circuits", "pools",
-]  # fmt: skip
+SCHEMA = json.loads((ROOT / "schemas" / "workflow.schema.json").read_text())
+STEP_KEYS = sorted(SCHEMA["definitions"]["step"]["properties"])
+TOP_KEYS = sorted(set(SCHEMA["properties"]) - {"steps", "version", "name"})
 EXPRESSIONS = st.sampled_from(
     [
         "${{ steps.a.status == 'succeeded' }}",
@@ -520,21 +523,22 @@ EXPRESSIONS = st.sampled_from(
     ]
 )
 step_values = trees(scalars | EXPRESSIONS | st.sampled_from(["a", "b", "1s", "x"]))
+step_maps = st.dictionaries(st.sampled_from(STEP_KEYS), step_values, max_size=6)
+runnable_steps = st.builds(
+    lambda step, run: {**step, "run": run}, step_maps, EXPRESSIONS | st.just("make")
+)
 steps = st.dictionaries(
     st.sampled_from(["a", "b", "c", "bad name"]),
-    st.dictionaries(st.sampled_from(STEP_KEYS), step_values, max_size=6)
-    | step_values,
+    runnable_steps | step_maps | step_values,
     max_size=4,
 )
 workflows = st.fixed_dictionaries(
-    {"steps": steps},
-    optional={key: step_values for key in TOP_KEYS},
+    {"version": st.just(1), "name": st.just("wf"), "steps": steps},
+    optional=dict.fromkeys(TOP_KEYS, step_values),
 )
 
 
-@settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workflows | trees(any_scalars))
 def test_check_text_of_any_document_reports_cleanly(data: Any) -> None:
     """Validation of any document returns a report with positioned problems."""
@@ -546,6 +550,61 @@ def test_check_text_of_any_document_reports_cleanly(data: Any) -> None:
         assert problem.column >= 1
         assert problem.message
     assert (report.workflow is None) == report.has_errors()
+
+
+GOOD_STEP_VALUES: dict[str, list[Any]] = {
+    "run": ["make", ["echo", "${{ params.p }}"], 'echo "${{ env.HOME }}"'],
+    "needs": ["a", ["a", "b"], []],
+    "if": ["${{ params.p == 'x' }}", True, "${{ steps.a.status == 'succeeded' }}"],
+    "env": [{"A": "1"}, {"B": 2, "C": "${{ params.p }}"}],
+    "cwd": ["sub", "/tmp"],
+    "timeout": ["5s", 3, 0.5, "1h30m"],
+    "kill_grace": ["1s", 0],
+    "retry": [{}, {"max_attempts": 2, "backoff": {"initial": "1s"}}],
+    "classify": [[{"exit_codes": [3], "class": "permanent"}], []],
+    "circuit": ["c1"],
+    "pool": ["p1"],
+    "check": ["test -f done", ["test", "-f", "done"]],
+    "compensate": ["undo", ["undo"], {"run": "undo", "timeout": "1m"}],
+    "on_exhausted": ["redrive", "compensate"],
+    "on_crash": ["rerun", "fail"],
+}
+good_steps = st.fixed_dictionaries(
+    {"run": st.sampled_from(GOOD_STEP_VALUES["run"])},
+    optional={
+        key: st.sampled_from(values)
+        for key, values in GOOD_STEP_VALUES.items()
+        if key != "run"
+    },
+)
+good_workflows = st.fixed_dictionaries(
+    {
+        "version": st.just(1),
+        "name": st.just("wf"),
+        "steps": st.dictionaries(
+            st.sampled_from(["a", "b", "c"]), good_steps, min_size=1
+        ),
+    },
+    optional={
+        "params": st.just({"p": {"type": "string", "default": "x"}}),
+        "circuits": st.just({"c1": {"failure_threshold": 2}}),
+        "pools": st.just({"p1": {"concurrency": 1}}),
+        "env": st.just({"E": "${{ params.p }}"}),
+        "defaults": st.just({"timeout": "1m", "retry": {"max_attempts": 3}}),
+        "classify": st.just([{"pattern": "(?i)busy", "class": "transient"}]),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(good_workflows)
+def test_near_valid_workflows_build_or_report(data: dict[str, Any]) -> None:
+    """Mostly valid documents either build a model or say why they cannot."""
+    report = check_text("wf.yml", yaml.safe_dump(data, sort_keys=False))
+    if report.workflow is not None:
+        assert list(report.workflow.steps) == list(data["steps"])
+    else:
+        assert report.has_errors()
 
 
 @settings(max_examples=300, deadline=None)
