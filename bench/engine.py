@@ -44,6 +44,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -103,10 +104,7 @@ def runner_workflow(shape: str, steps: int, *, argv: bool) -> str:
 
 def makefile(shape: str, steps: int) -> str:
     names = [f"s{index}" for index in range(steps)]
-    if shape == "chain" or steps == 1:
-        goals = names[-1:]
-    else:
-        goals = names[1:]
+    goals = names[-1:] if shape == "chain" or steps == 1 else names[1:]
     lines = [f".PHONY: all {' '.join(names)}", f"all: {' '.join(goals)}"]
     for index, name in enumerate(names):
         need = need_of(shape, index)
@@ -115,7 +113,7 @@ def makefile(shape: str, steps: int) -> str:
 
 
 def dodo(shape: str, steps: int) -> str:
-    return f'''DOIT_CONFIG = {{"verbosity": 0}}
+    return f"""DOIT_CONFIG = {{"verbosity": 0}}
 
 
 def task_steps():
@@ -125,7 +123,7 @@ def task_steps():
         else:
             needs = ["s%d" % (index - 1)] if {shape == "chain"} else ["s0"]
         yield {{"basename": "s%d" % index, "actions": ["true"], "task_dep": needs}}
-'''
+"""
 
 
 # Tools: write the DAG into a folder, return the command that runs it ----------
@@ -138,8 +136,15 @@ def prepare_runner(argv: bool) -> Prepare:
         path = folder / "workflow.yaml"
         path.write_text(runner_workflow(shape, steps, argv=argv))
         state = folder / "state"
-        return [str(BIN / "runner"), "run", str(path), "--state", str(state),
-                "--concurrency", str(CONCURRENCY)]  # fmt: skip
+        return [
+            str(BIN / "runner"),
+            "run",
+            str(path),
+            "--state",
+            str(state),
+            "--concurrency",
+            str(CONCURRENCY),
+        ]
 
     return prepare
 
@@ -158,8 +163,14 @@ def prepare_xargs(folder: Path, shape: str, steps: int) -> list[str]:
 def prepare_doit(parallel: bool) -> Prepare:
     def prepare(folder: Path, shape: str, steps: int) -> list[str]:
         (folder / "dodo.py").write_text(dodo(shape, steps))
-        command = [str(BIN / "doit"), "run", "-f", str(folder / "dodo.py"),
-                   "--db-file", str(folder / "doit.db")]  # fmt: skip
+        command = [
+            str(BIN / "doit"),
+            "run",
+            "-f",
+            str(folder / "dodo.py"),
+            "--db-file",
+            str(folder / "doit.db"),
+        ]
         if parallel:
             command += ["-n", str(CONCURRENCY), "-P", "thread"]
         return command
@@ -193,6 +204,30 @@ DOITS = ("doit", "doit-serial")
 class Sample:
     wall: float
     rss_kb: int
+    cpu: float
+    """User and system time of the tool and every process it waited for."""
+    others: float
+    """Share of the machine's CPU time that other processes used meanwhile."""
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """Busy and total CPU time of the machine so far, in clock ticks."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def wait_idle(limit: float, busy_at_most: float = 0.15) -> float:
+    """Wait up to `limit` seconds for a quiet machine; the last busy share."""
+    deadline = time.monotonic() + limit
+    while True:
+        busy, total = cpu_ticks()
+        time.sleep(2)
+        busy_after, total_after = cpu_ticks()
+        share = (busy_after - busy) / max(1, total_after - total)
+        if share <= busy_at_most or time.monotonic() >= deadline:
+            return share
+        progress(f"machine {share:.0%} busy; waiting for it to quiet down")
 
 
 def clean_env() -> dict[str, str]:
@@ -217,21 +252,31 @@ def measure(command: list[str], folder: Path) -> Sample:
     if os.path.exists(GNU_TIME):
         command = [GNU_TIME, "-f", "%M", "-o", str(rss_file), *command]
     with open(folder / "tool.out", "wb") as out, open(folder / "tool.err", "wb") as err:
+        busy, total = cpu_ticks()
         started = time.perf_counter()
         process = subprocess.Popen(
-            command, cwd=folder, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            command,
+            cwd=folder,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
             env=clean_env(),
-        )  # fmt: skip
+        )
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
+        busy_after, total_after = cpu_ticks()
     process.returncode = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    ticks = os.sysconf("SC_CLK_TCK")
+    others = (busy_after - busy - cpu * ticks) / max(1, total_after - total)
 
     if process.returncode != 0:
         detail = (folder / "tool.err").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{command} exited {process.returncode}: {detail}")
-    if rss_file.exists():
-        return Sample(wall, int(rss_file.read_text().split()[-1]))
-    return Sample(wall, usage.ru_maxrss)
+    rss = (
+        int(rss_file.read_text().split()[-1]) if rss_file.exists() else usage.ru_maxrss
+    )
+    return Sample(wall, rss, cpu, max(0.0, others))
 
 
 @contextmanager
@@ -255,10 +300,22 @@ class Cell:
     steps: int
     walls: list[float] = field(default_factory=list)
     rss_kb: list[int] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    others: list[float] = field(default_factory=list)
+
+    def add(self, sample: Sample) -> None:
+        self.walls.append(sample.wall)
+        self.rss_kb.append(sample.rss_kb)
+        self.cpus.append(sample.cpu)
+        self.others.append(sample.others)
 
     @property
     def wall(self) -> float:
         return statistics.median(self.walls)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpus)
 
     @property
     def peak_kb(self) -> int:
@@ -268,7 +325,7 @@ class Cell:
 def measure_grid(
     tools: tuple[Tool, ...], sizes: tuple[int, ...], repeats: int, root: str | None
 ) -> dict[tuple[str, str, int], Cell]:
-    """Every tool × shape × size, repeats interleaved so drift hits all alike."""
+    """Every tool x shape x size, repeats interleaved so drift hits all alike."""
     cells: dict[tuple[str, str, int], Cell] = {}
     for tool in tools:
         sample(tool, "fanout", 1, root)  # warm the page cache, not counted
@@ -279,10 +336,12 @@ def measure_grid(
                     got = sample(tool, shape, steps, root)
                     key = (tool.name, shape, steps)
                     cell = cells.setdefault(key, Cell(tool.name, shape, steps))
-                    cell.walls.append(got.wall)
-                    cell.rss_kb.append(got.rss_kb)
-                    progress(f"[{repeat + 1}/{repeats}] {tool.name} {shape} "
-                             f"{steps}: {got.wall:.3f}s {got.rss_kb // 1024} MB")  # fmt: skip
+                    cell.add(got)
+                    progress(
+                        f"[{repeat + 1}/{repeats}] {tool.name} {shape} "
+                        f"{steps}: {got.wall:.3f}s cpu {got.cpu:.3f}s "
+                        f"{got.rss_kb // 1024} MB, others used {got.others:.0%}"
+                    )
     return cells
 
 
@@ -299,9 +358,12 @@ def summarize(cells: dict[tuple[str, str, int], Cell]) -> list[dict[str, Any]]:
     for (tool, shape, steps), cell in cells.items():
         if steps != LARGE:
             continue
-        small = cells[(tool, shape, SMALL)].wall
+        small_cell = cells[(tool, shape, SMALL)]
+        small = small_cell.wall
         slope = (cell.wall - small) / (LARGE - SMALL)
+        cpu_slope = (cell.cpu - small_cell.cpu) / (LARGE - SMALL)
         one = cells.get((tool, shape, 1))
+        others = [o for c in (cell, small_cell) for o in c.others]
         rows.append(
             {
                 "tool": tool,
@@ -312,6 +374,8 @@ def summarize(cells: dict[tuple[str, str, int], Cell]) -> list[dict[str, Any]]:
                 "slope_ms": slope * 1000,
                 "startup_ms": (small - SMALL * slope) * 1000,
                 "peak_rss_mb_1000": cell.peak_kb / 1024,
+                "cpu_slope_ms": cpu_slope * 1000,
+                "others_cpu": statistics.median(others),
             }
         )
     for row in rows:
@@ -354,8 +418,9 @@ def huge_fanout(root: str | None, names: set[str]) -> dict[str, Any]:
             continue
         got = sample(tool, "fanout", HUGE, root)
         result[tool.name] = {"wall": got.wall, "peak_rss_mb": got.rss_kb / 1024}
-        progress(f"{tool.name} fanout {HUGE}: {got.wall:.1f}s "
-                 f"{got.rss_kb / 1024:.1f} MB")  # fmt: skip
+        progress(
+            f"{tool.name} fanout {HUGE}: {got.wall:.1f}s {got.rss_kb / 1024:.1f} MB"
+        )
     return result
 
 
@@ -388,8 +453,10 @@ def step_counts(folder: Path, run_id: str) -> dict[str, int]:
     """Steps by status, as `runner status -o json` reports them."""
     shown = subprocess.run(
         runner_cli(folder, "status", run_id, "-o", "json"),
-        capture_output=True, check=True, env=clean_env(),
-    )  # fmt: skip
+        capture_output=True,
+        check=True,
+        env=clean_env(),
+    )
     counts: dict[str, int] = {}
     for step in json.loads(shown.stdout)["steps"]:
         counts[step["status"]] = counts.get(step["status"], 0) + 1
@@ -402,14 +469,25 @@ def resume_test(root: str | None) -> dict[str, Any]:
     with fresh_folder(root) as folder:
         path = folder / "workflow.yaml"
         path.write_text(resume_workflow(folder))
-        command = runner_cli(folder, "run", str(path), "--run-id", run_id,
-                             "--concurrency", str(CONCURRENCY))  # fmt: skip
+        command = runner_cli(
+            folder,
+            "run",
+            str(path),
+            "--run-id",
+            run_id,
+            "--concurrency",
+            str(CONCURRENCY),
+        )
         started = time.perf_counter()
-        crashed = subprocess.run(command, stdout=subprocess.DEVNULL, env=clean_env())
+        crashed = subprocess.run(
+            command, stdout=subprocess.DEVNULL, env=clean_env(), check=False
+        )
         first_wall = time.perf_counter() - started
         before = step_counts(folder, run_id)
-        progress(f"crashed run: exit {crashed.returncode} after {first_wall:.1f}s, "
-                 f"steps {before}")  # fmt: skip
+        progress(
+            f"crashed run: exit {crashed.returncode} after {first_wall:.1f}s, "
+            f"steps {before}"
+        )
 
         launched = time.time()
         resumed = measure(
@@ -419,7 +497,14 @@ def resume_test(root: str | None) -> dict[str, Any]:
         first_step = float((folder / "first-step-started").read_text()) - launched
         after = step_counts(folder, run_id)
 
+    expected = {
+        "succeeded": RESUME_DONE,
+        "running": 1,
+        "pending": HUGE - RESUME_DONE - 1,
+    }
     return {
+        "crash_as_planned": crashed.returncode == -signal.SIGKILL
+        and before == expected,
         "crashed_run_exit": crashed.returncode,
         "crashed_run_wall": first_wall,
         "steps_before_resume": before,
@@ -448,17 +533,27 @@ def commit_cost(root: str | None, commits: int = 300) -> float:
 
 
 def machine() -> dict[str, Any]:
-    make = subprocess.run(["make", "--version"], capture_output=True, text=True)
-    doit = subprocess.run([str(BIN / "doit"), "--version"], capture_output=True)
+    make = subprocess.run(["make", "--version"], capture_output=True, check=True)
+    doit = subprocess.run(
+        [str(BIN / "doit"), "--version"], capture_output=True, check=True
+    )
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "make": make.stdout.splitlines()[0],
+        "make": make.stdout.decode().splitlines()[0],
         "doit": doit.stdout.decode().splitlines()[0],
         "sh": os.path.realpath("/bin/sh"),
+        "runner_commit": _git("rev-parse", "HEAD"),
+        "runner_changed_files": _git("status", "--short", "runner").splitlines(),
     }
+
+
+def _git(*args: str) -> str:
+    """Which code was measured: the checkout is edited while benchmarks run."""
+    shown = subprocess.run(["git", *args], cwd=REPO, capture_output=True, check=False)
+    return shown.stdout.decode().strip()
 
 
 def _cpu_model() -> str:
@@ -482,14 +577,20 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             if key in row:
                 checks.append(_check(f"{where} {key}", row[key], TARGETS[key]))
     for name, one in results.get("one_step", {}).items():
-        checks.append(_check(f"{name} one-step wall s", one["wall"], TARGETS["one_step_s"]))
+        checks.append(
+            _check(f"{name} one-step wall s", one["wall"], TARGETS["one_step_s"])
+        )
     for name, huge in results.get("fanout_10k", {}).items():
         if name in RUNNERS:
             value = huge["peak_rss_mb"]
-            checks.append(_check(f"{name} 10k peak RSS MB", value, TARGETS["rss_10k_mb"]))
+            checks.append(
+                _check(f"{name} 10k peak RSS MB", value, TARGETS["rss_10k_mb"])
+            )
     if "resume" in results:
         value = results["resume"]["first_pending_step_s"]
-        checks.append(_check("resume first step s", value, TARGETS["resume_first_step_s"]))
+        checks.append(
+            _check("resume first step s", value, TARGETS["resume_first_step_s"])
+        )
     return checks
 
 
@@ -501,8 +602,20 @@ def _check(name: str, value: float, limit: float) -> dict[str, Any]:
 
 
 def table(summary: list[dict[str, Any]]) -> str:
-    head = ("tool", "shape", "1 step", "100", "1000", "ms/step", "start ms",
-            "RSS MB", "×make", "×make/step", "×doit")  # fmt: skip
+    head = (
+        "tool",
+        "shape",
+        "1 step",
+        "100",
+        "1000",
+        "ms/step",
+        "cpu ms/step",
+        "start ms",
+        "RSS MB",
+        "xmake",
+        "xmake/step",
+        "xdoit",
+    )
     rows = [head]
     for row in sorted(summary, key=lambda r: (r["shape"], TOOL_ORDER[r["tool"]])):
         rows.append(
@@ -513,6 +626,7 @@ def table(summary: list[dict[str, Any]]) -> str:
                 _num(row["wall_100"], 3),
                 _num(row["wall_1000"], 3),
                 _num(row["slope_ms"], 2),
+                _num(row["cpu_slope_ms"], 2),
                 _num(row["startup_ms"], 0),
                 _num(row["peak_rss_mb_1000"], 1),
                 _num(row.get("wall_vs_make"), 2),
@@ -522,12 +636,16 @@ def table(summary: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join(
-        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
-                  for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
+        "  ".join(
+            cell.ljust(w) if i < LABELS else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(r, widths, strict=True))
+        )
         for r in rows
-    )  # fmt: skip
+    )
 
 
+LABELS = 2
+"""Table columns before this one are left-aligned labels; numbers follow."""
 TOOL_ORDER = {tool.name: index for index, tool in enumerate(TOOLS)}
 
 
@@ -542,18 +660,26 @@ def _num(value: float | None, digits: int) -> str:
 def report(results: dict[str, Any]) -> str:
     lines = [
         f"wall seconds (median of {results['repeats']}), concurrency {CONCURRENCY}; "
-        "ms/step = slope 100→1000; start ms = intercept; RSS at 1000 steps; "
-        "×doit against the faster doit mode",
+        "ms/step = slope 100→1000; cpu ms/step = slope of user+system time "
+        "(tool and children; robust to a busy machine); start ms = intercept; "
+        "RSS at 1000 steps; xdoit against the faster doit mode",
         table(results["summary"]),
         f"one SQLite commit (WAL, synchronous=FULL): {results['commit_ms']:.3f} ms",
         "load average before/after the grid: "
         + " / ".join(f"{load[0]:.2f}" for load in _loads(results)),
+        "CPU share other processes used during the samples (median): "
+        + ", ".join(
+            f"{r['tool']} {r['shape']} {r['others_cpu']:.0%}"
+            for r in results["summary"]
+        ),
     ]
     for name, one in results.get("one_step", {}).items():
         lines.append(f"{name} one-step run: {one['wall'] * 1000:.0f} ms")
     for name, huge in results.get("fanout_10k", {}).items():
-        lines.append(f"{name} 10,000-step fan-out: {huge['wall']:.1f} s, "
-                     f"peak RSS {huge['peak_rss_mb']:.1f} MB")  # fmt: skip
+        lines.append(
+            f"{name} 10,000-step fan-out: {huge['wall']:.1f} s, "
+            f"peak RSS {huge['peak_rss_mb']:.1f} MB"
+        )
     if "resume" in results:
         resume = results["resume"]
         lines.append(
@@ -563,8 +689,10 @@ def report(results: dict[str, Any]) -> str:
         )
     for check in results["targets"]:
         verdict = "ok  " if check["ok"] else "MISS"
-        lines.append(f"{verdict} {check['name']}: {check['value']:.3f} "
-                     f"(target ≤ {check['limit']})")  # fmt: skip
+        lines.append(
+            f"{verdict} {check['name']}: {check['value']:.3f} "
+            f"(target ≤ {check['limit']})"
+        )
     return "\n".join(lines)
 
 
@@ -573,12 +701,23 @@ def report(results: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="100 and 1,000 steps, 1 repeat; no 10,000-step runs")  # fmt: skip
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="100 and 1,000 steps, 1 repeat; no 10,000-step runs",
+    )
     parser.add_argument("--repeats", type=int, help="samples per cell (default 3)")
-    parser.add_argument("--tools", help="comma-separated subset of: "
-                        + ", ".join(t.name for t in TOOLS))  # fmt: skip
+    parser.add_argument(
+        "--tools", help="comma-separated subset of: " + ", ".join(t.name for t in TOOLS)
+    )
     parser.add_argument("--tmp", help="where temporary folders go (default $TMPDIR)")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for the machine to be at most 15%% busy",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     return parser.parse_args(argv)
 
@@ -591,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = (1, SMALL, LARGE)
 
     results: dict[str, Any] = {"mode": "quick" if args.quick else "full"}
+    if args.wait_idle:
+        results["busy_at_start"] = wait_idle(args.wait_idle)
     results.update(machine=machine(), repeats=repeats, concurrency=CONCURRENCY)
     results["commit_ms"] = commit_cost(args.tmp)
     results["load_before"] = os.getloadavg()

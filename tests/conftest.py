@@ -44,5 +44,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marks = [pytest.mark.stress] if stress_enabled(metafunc.config) else []
     metafunc.parametrize(
         "trial",
-        [pytest.param(number, marks=marks, id=f"trial{number}") for number in range(count)],
+        [
+            pytest.param(number, marks=marks, id=f"trial{number}")
+            for number in range(count)
+        ],
     )

@@ -64,6 +64,8 @@ class Write:
     """A change to record in the next transaction."""
 
     apply: Callable[[Txn], None]
+    after: str | None = None
+    """A crash point to pass once the transaction holding this write commits."""
 
 
 class Driver:
@@ -206,9 +208,11 @@ class Driver:
             for write in writes:
                 write.apply(txn)
         self.lease_renewed = time.monotonic()
+        for point in dict.fromkeys(write.after for write in writes if write.after):
+            crashpoint(point)
 
-    def _record(self, apply: Callable[[Txn], None]) -> None:
-        self.writes.append(Write(apply))
+    def _record(self, apply: Callable[[Txn], None], after: str | None = None) -> None:
+        self.writes.append(Write(apply, after))
 
     # Deciding what starts -------------------------------------------------------
 
@@ -371,6 +375,8 @@ class Driver:
                 },
             )
             txn.event(f"{kind}.attempt_started", self.run_id, step.name, attempt=number)
+            if kind == "run":
+                crashpoint("step.before_start_commit")  # inside the transaction
 
         self._record(apply)
         self.report(status, step.name, {"attempt": number, "kind": kind})
@@ -384,7 +390,8 @@ class Driver:
 
     def _start(self, launches: list[Launch]) -> None:
         if launches:
-            crashpoint("step.after_start_commit")
+            area = "step" if launches[0].kind == "run" else "compensation"
+            crashpoint(f"{area}.after_start_commit")
         for launch in launches:
             job = Job(launch)
             self.running[launch.step] = job
@@ -458,7 +465,8 @@ class Driver:
         def apply(txn: Txn) -> None:
             txn.update_attempt(self.run_id, launch.step, launch.seq, **fields)
 
-        self._record(apply)
+        area = "step" if launch.kind == "run" else "compensation"
+        self._record(apply, f"{area}.after_end_commit")
 
     def _succeeded(self, job: Job) -> None:
         launch = job.launch
@@ -532,6 +540,7 @@ class Driver:
         state.due_at = due
         heapq.heappush(self.waiting, (due, name))
         status = state.status
+        spent = {"attempts": state.attempts, "comp_attempts": state.comp_attempts}
 
         def apply(txn: Txn) -> None:
             txn.update_step(
@@ -539,6 +548,7 @@ class Driver:
                 name,
                 status=status,
                 due_at=due,
+                **spent,
                 error_class=verdict.error_class,
                 rule=verdict.rule,
                 message=reason,
@@ -552,7 +562,7 @@ class Driver:
                 of=kind,
             )
 
-        self._record(apply)
+        self._record(apply, "retry.after_schedule_commit")
         self.report("waiting", name, {"delay": delay, "reason": reason})
 
     def _fail_permanently(self, name: str, message: str) -> None:

@@ -204,8 +204,8 @@ def resume_run(
 ) -> ExitCode:
     run_id = run["run_id"]
     if run["status"] not in UNFINISHED:
-        details = {"run_id": run_id, "message": "nothing to do", "status": run["status"]}
-        reporter("nothing", None, details)
+        details = {"run_id": run_id, "message": "nothing to do"}
+        reporter("nothing", None, {**details, "status": run["status"]})
         return ExitCode.OK if run["status"] == "succeeded" else ExitCode.RUN_FAILED
     epoch, crashed = ownership.acquire(store, run_id, LEASE_SECONDS)
     if crashed and run["recoveries"] + 1 > MAX_RECOVERIES:

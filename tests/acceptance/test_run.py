@@ -49,7 +49,7 @@ def test_run_succeeds_and_status_json_has_the_documented_shape(runner, workflow)
             "version": 1,
             "name": "shape",
             "steps": {
-                "first": {"run": "echo n=1 >> \"$RUNNER_OUTPUT\""},
+                "first": {"run": 'echo n=1 >> "$RUNNER_OUTPUT"'},
                 "second": {"needs": ["first"], "run": "true"},
             },
         }

@@ -68,6 +68,18 @@ def live_members(pgid: int) -> list[int]:
     return [p.pid for p in procinfo.group_members(pgid) if p.alive]
 
 
+def members_left(pgid: int, settle: float = 2.0) -> list[int]:
+    """Live members once a SIGKILL already sent has had time to land.
+
+    A killed process closes its files before it becomes a zombie, so for a
+    moment after the pipes close it still reads as running.
+    """
+    deadline = time.monotonic() + settle
+    while (left := live_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return left
+
+
 def is_alive(pid: int) -> bool:
     stat = procinfo.read_stat(pid)
     return stat is not None and stat.alive
@@ -360,7 +372,7 @@ def test_timeout_kills_grandchildren_holding_the_pipes(tmp_path: Path) -> None:
     assert result.signal == "SIGTERM"
     assert result.group_signals == ("SIGTERM",)
     assert 0.5 <= result.duration < 0.5 + 0.5 + 0.3
-    assert live_members(recorder.pgid) == []
+    assert members_left(recorder.pgid) == []
 
 
 def test_term_ignoring_step_is_killed_after_grace(tmp_path: Path) -> None:
@@ -373,7 +385,7 @@ def test_term_ignoring_step_is_killed_after_grace(tmp_path: Path) -> None:
     assert result.signal == "SIGKILL"
     assert result.group_signals == ("SIGTERM", "SIGKILL")
     assert 0.8 <= result.duration < 0.8 + 0.3
-    assert live_members(recorder.pgid) == []
+    assert members_left(recorder.pgid) == []
 
 
 def test_background_leftovers_die_with_the_leader(tmp_path: Path) -> None:
@@ -384,7 +396,7 @@ def test_background_leftovers_die_with_the_leader(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert result.duration < 1
     assert stdout_of(tmp_path) == b"done\n"
-    assert live_members(recorder.pgid) == []
+    assert members_left(recorder.pgid) == []
 
 
 def test_escaped_process_is_found_and_killed(tmp_path: Path) -> None:
@@ -450,7 +462,7 @@ def test_interrupt_from_another_thread(tmp_path: Path) -> None:
     assert result.signal == "SIGINT"
     assert result.group_signals == ("SIGINT",)
     assert result.duration < 1.5
-    assert live_members(recorder.pgid) == []
+    assert members_left(recorder.pgid) == []
 
 
 def test_interrupting_many_running_attempts(tmp_path: Path) -> None:
@@ -470,7 +482,7 @@ def test_interrupting_many_running_attempts(tmp_path: Path) -> None:
         results = [future.result(timeout=10) for future in futures]
 
     assert all(r.interrupted and r.signal == "SIGTERM" for r in results)
-    assert all(live_members(r.pgid) == [] for r in recorders)
+    assert all(members_left(r.pgid) == [] for r in recorders)
 
 
 def test_interrupt_escalates_to_kill_after_grace(tmp_path: Path) -> None:
@@ -549,7 +561,7 @@ def test_failing_on_started_keeps_the_command_from_running(tmp_path: Path) -> No
         run(tmp_path, "touch marker", on_started)
 
     assert not (tmp_path / "marker").exists()
-    assert live_members(recorder.pgid) == []
+    assert members_left(recorder.pgid) == []
 
 
 # Leftovers of a dead runner (A4).
@@ -573,7 +585,7 @@ def test_kill_leftover_ends_a_detached_group() -> None:
     assert kill_leftover(identity, grace=1.0)
 
     assert proc.wait(timeout=5) == -signal.SIGTERM
-    assert live_members(identity.pgid) == []
+    assert members_left(identity.pgid) == []
 
 
 def test_kill_leftover_ends_members_whose_leader_is_gone() -> None:
@@ -584,7 +596,7 @@ def test_kill_leftover_ends_members_whose_leader_is_gone() -> None:
 
     assert kill_leftover(identity, grace=1.0)
 
-    assert live_members(identity.pgid) == []
+    assert members_left(identity.pgid) == []
 
 
 def test_kill_leftover_escalates_to_kill() -> None:
@@ -596,7 +608,7 @@ def test_kill_leftover_escalates_to_kill() -> None:
 
     assert proc.wait(timeout=5) == -signal.SIGKILL
     assert 0.3 <= time.monotonic() - started < 2
-    assert live_members(identity.pgid) == []
+    assert members_left(identity.pgid) == []
 
 
 @pytest.mark.parametrize(
