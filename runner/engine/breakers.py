@@ -9,7 +9,6 @@ atomic transitions and no update is lost. Transitions are logged as events.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -194,15 +193,19 @@ def manual(store: Store, name: str, action: str) -> tuple[str, ...]:
 
 
 def would_admit(store: Store, name: str) -> bool:
-    """`runner circuits check`: no probe place is taken."""
-    row = store.connection.execute(
-        "SELECT 1 FROM circuits WHERE name = ?", (name,)
-    ).fetchone()
-    if row is None:
-        return True
-    with store.write() as txn:
-        state, policy = load(txn, name)
-    return machine.check(state, policy, time.time())
+    """`runner circuits check`: no probe place is taken.
+
+    A read transaction, not a write: it sees one consistent snapshot of the
+    circuit and its probes, and never queues behind the writers' lock.
+    """
+    connection = store.connection
+    connection.execute("BEGIN")
+    try:
+        reader = Txn(connection)
+        state, policy = load(reader, name)
+    finally:
+        connection.execute("COMMIT")
+    return machine.check(state, policy, reader.now)
 
 
 def describe(store: Store, name: str) -> dict[str, Any] | None:

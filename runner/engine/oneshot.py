@@ -44,9 +44,7 @@ def _literal(text: str) -> str:
     return json.dumps(text.replace("${{", "${{ '${{' }}"))
 
 
-def workflow_source(
-    request: RetryRequest, policy: CircuitPolicy | None = None
-) -> str:
+def workflow_source(request: RetryRequest, policy: CircuitPolicy | None = None) -> str:
     """The one-step workflow; `policy` is the circuit's, declared unchanged."""
     lines = [
         "version: 1",
