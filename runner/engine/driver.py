@@ -106,6 +106,8 @@ class Driver:
         self.remaining: dict[str, int] = {}
         self.tickets: dict[str, breakers.Ticket] = {}
         self.parked: set[str] = set()
+        self.reports_pending = False
+        """A circuit outcome is recorded but not committed yet."""
         self.park_refused = True
         """False for `runner retry --no-wait`: a refused call fails at once."""
         self.stop_signal: int | None = None
@@ -203,6 +205,7 @@ class Driver:
         if not self.writes:
             return
         writes, self.writes = self.writes, []
+        self.reports_pending = False
         with self.store.write(self.run_id, self.epoch) as txn:
             txn.update_run(self.run_id, lease_until=txn.now + LEASE_SECONDS)
             for write in writes:
@@ -272,6 +275,8 @@ class Driver:
     def _admitted(self, state: StepState, circuit: str) -> bool:
         """Ask the step's circuit; a refused step is parked, spending no attempt."""
         step = state.step
+        if self.reports_pending:
+            self._flush()  # outcomes of this turn count before anyone is admitted
         token = f"{self.run_id}/{step.name}/{state.seq + 1}"
         lease = step.timeout + step.kill_grace + 30 if step.timeout else 300.0
         first = step.name not in self.parked
@@ -437,6 +442,7 @@ class Driver:
         """Count a call on its circuit; None only releases its probe place."""
         ticket = self.tickets.pop(step, None)
         if ticket is not None:
+            self.reports_pending = True
             self._record(
                 lambda txn: breakers.report(txn, ticket, outcome, self.run_id, step)
             )

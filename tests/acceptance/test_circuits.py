@@ -364,11 +364,6 @@ def test_an_open_circuit_parks_a_step_until_its_probe_closes_it(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="driver: a circuit's report is committed after the same turn's "
-    "admissions, so a step started in that turn is admitted while it opens",
-)
 def test_a_step_started_in_the_turn_its_circuit_opens_is_parked(
     runner, workflow, tmp_path
 ):
