@@ -47,10 +47,17 @@ def _run_json(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _step_json(row: dict[str, Any]) -> dict[str, Any]:
+REDRIVE_QUEUE = ("failed", "compensation_failed")
+"""Step statuses that wait for `runner redrive`."""
+
+
+def _step_json(row: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
     duration = None
     if row["first_started_at"] and row["ended_at"]:
         duration = round(row["ended_at"] - row["first_started_at"], 3)
+    tail = None
+    if row["status"] in REDRIVE_QUEUE:
+        tail = next((a["tail"] for a in reversed(history) if a["tail"]), None)
     return {
         "name": row["name"],
         "status": row["status"],
@@ -62,7 +69,46 @@ def _step_json(row: dict[str, Any]) -> dict[str, Any]:
         "ended_at": iso(row["ended_at"]),
         "duration": duration,
         "outputs": json.loads(row["outputs"]) if row["outputs"] else {},
+        "tail": tail,
+        "history": [_attempt_json(attempt) for attempt in history],
     }
+
+
+def _attempt_json(attempt: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": attempt["kind"],
+        "number": attempt["number"],
+        "status": attempt["status"],
+        "exit_code": attempt["exit_code"],
+        "signal": attempt["signal"],
+        "error_class": attempt["error_class"],
+        "rule": attempt["rule"],
+        "started_at": iso(attempt["started_at"]),
+        "ended_at": iso(attempt["ended_at"]),
+    }
+
+
+def _print_step(step: dict[str, Any]) -> None:
+    extra = f"  {step['error_class']}: {step['rule']}" if step["error_class"] else ""
+    took = f"  {step['duration']}s" if step["duration"] is not None else ""
+    click.echo(
+        f"  {step['name']:<24} {step['status']:<20} "
+        f"attempts {step['attempts']}{took}{extra}"
+    )
+    if step["message"]:
+        click.echo(f"      {step['message']}")
+    if step["status"] not in REDRIVE_QUEUE:
+        return
+    history = ", ".join(
+        f"{a['kind']} {a['number']} {a['status']}"
+        + (f" ({a['error_class']})" if a["error_class"] else "")
+        for a in step["history"]
+    )
+    click.echo(f"      history: {history or 'no attempt'}")
+    lines = (step["tail"] or "").rstrip("\n").splitlines()[-5:]
+    for line in lines:
+        click.echo(f"      | {line}")
+    click.echo(f"      waiting for: runner redrive {step['run_id']}")
 
 
 @cli.command()
@@ -88,7 +134,12 @@ def status(run_id: str | None, output: str) -> None:
         raise UsageError(f"no run '{run_id}' in this state store; see 'runner status'")
     document = _run_json(run)
     document["reason"] = run["reason"]
-    document["steps"] = [_step_json(row) for row in store.steps(run_id)]
+    history: dict[str, list[dict[str, Any]]] = {}
+    for attempt in store.attempts(run_id):
+        history.setdefault(attempt["step"], []).append(attempt)
+    document["steps"] = [
+        _step_json(row, history.get(row["name"], [])) for row in store.steps(run_id)
+    ]
     if output == "json":
         click.echo(json.dumps(document, indent=2))
         return
@@ -96,14 +147,7 @@ def status(run_id: str | None, output: str) -> None:
     if run["reason"]:
         click.echo(f"  reason: {run['reason']}")
     for step in document["steps"]:
-        extra = (
-            f"  {step['error_class']}: {step['rule']}" if step["error_class"] else ""
-        )
-        took = f"  {step['duration']}s" if step["duration"] is not None else ""
-        click.echo(
-            f"  {step['name']:<24} {step['status']:<20} "
-            f"attempts {step['attempts']}{took}{extra}"
-        )
+        _print_step({**step, "run_id": run_id})
 
 
 @cli.command()

@@ -468,6 +468,42 @@ def test_exhausted_retries_fail_the_step_and_keep_dependents_pending(
     assert not (tmp_path / "after.txt").exists()
 
 
+def test_a_step_waiting_for_redrive_shows_its_history_and_output_tail(
+    runner, workflow
+):
+    """`status` shows the failed step's attempts, last output and the redrive."""
+    path = workflow(
+        {
+            "version": 1,
+            "name": "queue",
+            "steps": {
+                "flaky": {
+                    "run": "echo try; echo 'HTTP/1.1 503' >&2; exit 1",
+                    "retry": {"max_attempts": 2, "backoff": {"initial": "10ms"}},
+                },
+                "fine": {"run": "echo fine"},
+            },
+        }
+    )
+    assert runner("run", str(path), "--run-id", "q1").returncode == 1
+
+    steps = runner.steps("q1")
+    text = runner("status", "q1").stdout
+
+    flaky = steps["flaky"]
+    assert [(a["kind"], a["number"], a["status"]) for a in flaky["history"]] == [
+        ("run", 1, "failed"),
+        ("run", 2, "failed"),
+    ]
+    assert {a["exit_code"] for a in flaky["history"]} == {1}
+    assert flaky["tail"] == "HTTP/1.1 503\n"
+    assert steps["fine"]["tail"] is None
+    assert "history: run 1 failed (intermittent), run 2 failed (intermittent)" in text
+    assert "      | HTTP/1.1 503" in text
+    assert "waiting for: runner redrive q1" in text
+    assert text.count("history:") == 1
+
+
 @pytest.mark.parametrize(
     "missing",
     ["definitely-not-a-command-4711", ["/nonexistent/definitely-not-a-command"]],
