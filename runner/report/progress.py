@@ -17,19 +17,29 @@ class PlainReporter:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
+        self.run_id = ""
 
     def __call__(self, status: str, step: str | None, details: dict[str, Any]) -> None:
         stamp = time.strftime("%H:%M:%S")
         subject = f"step {step}" if step else "run"
-        extra = _details(details)
+        self.run_id = details.get("run_id") or self.run_id
+        self._write(f"{stamp} {subject}: {status}{_details(details)}\n")
+
+    def _write(self, line: str) -> None:
         try:
-            self.stream.write(f"{stamp} {subject}: {status}{extra}\n")
+            self.stream.write(line)
             self.stream.flush()
         except (BrokenPipeError, ValueError):
             pass  # the reader went away; the run itself goes on
 
     def close(self) -> None:
-        return None
+        if self.run_id:
+            self._write(f"{logs_hint(self.run_id)}\n")
+
+
+def logs_hint(run_id: str) -> str:
+    """Where the steps' output is: the live view and plain lines show states."""
+    return f"output of each step: runner logs {run_id}"
 
 
 def _details(details: dict[str, Any]) -> str:
@@ -96,6 +106,8 @@ class LiveReporter:
 
     def close(self) -> None:
         self.live.stop()
+        if self.run_id:
+            self.live.console.print(logs_hint(self.run_id), highlight=False)
 
 
 def make_reporter(steps: list[str]) -> PlainReporter | LiveReporter:

@@ -89,4 +89,5 @@ def test_a_pipe_gets_plain_lines(tmp_path: Path) -> None:
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert any(line.endswith("step first: succeeded") for line in lines)
-    assert lines[-1].endswith("run: succeeded")
+    assert lines[-2].endswith("run: succeeded")
+    assert lines[-1].startswith("output of each step: runner logs live-")
