@@ -198,13 +198,8 @@ def would_admit(store: Store, name: str) -> bool:
     A read transaction, not a write: it sees one consistent snapshot of the
     circuit and its probes, and never queues behind the writers' lock.
     """
-    connection = store.connection
-    connection.execute("BEGIN")
-    try:
-        reader = Txn(connection)
+    with store.read() as reader:
         state, policy = load(reader, name)
-    finally:
-        connection.execute("COMMIT")
     return machine.check(state, policy, reader.now)
 
 
@@ -230,5 +225,5 @@ def describe(store: Store, name: str) -> dict[str, Any] | None:
 
 
 def names(store: Store) -> list[str]:
-    rows = store.connection.execute("SELECT name FROM circuits ORDER BY name")
+    rows = store.select("SELECT name FROM circuits ORDER BY name")
     return [row[0] for row in rows]

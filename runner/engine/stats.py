@@ -9,11 +9,11 @@ from runner.store.sqlite import Store
 
 
 def recovery_stats(store: Store) -> dict[str, Any]:
-    rows = store.connection.execute(
+    rows = store.select(
         "SELECT kind, detail FROM events WHERE kind IN ('step.succeeded', "
         "'retry.scheduled', 'circuit.opened', 'circuit.closed', 'circuit.refused', "
         "'step.failed', 'retry.exhausted')"
-    ).fetchall()
+    )
     totals: dict[str, Any] = {
         "succeeded_first_attempt": 0,
         "succeeded_after_retry": 0,
@@ -50,10 +50,10 @@ def _count(totals: dict[str, Any], kind: str, detail: dict[str, Any]) -> None:
 
 
 def _pending_redrive(store: Store) -> int:
-    row = store.connection.execute(
+    rows = store.select(
         "SELECT COUNT(*) FROM steps JOIN runs ON runs.run_id = steps.run_id "
         "WHERE (runs.status = 'failed' AND steps.status = 'failed') "
         "OR (runs.status = 'compensation_failed' "
         "AND steps.status = 'compensation_failed')"
-    ).fetchone()
-    return int(row[0])
+    )
+    return int(rows[0][0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
@@ -29,15 +30,28 @@ def resolve_state(state: str | None) -> str:
 
 def _ensure_private_dir(path: str) -> None:
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
+        _make_dirs(path)
     except OSError as error:
         raise StoreError(
             f"cannot create state directory {path}: {error.strerror}"
         ) from None
     _check_private(path)
+
+
+def _make_dirs(path: str) -> None:
+    """Create `path` and its missing parents, each 0700 (as XDG asks of them).
+
+    One that another process makes meanwhile is taken as it is: the checks
+    that follow judge it like any existing directory.
+    """
+    missing = []
+    folder = path
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
 
 
 def _check_private(path: str) -> None:
@@ -53,7 +67,14 @@ def _check_private(path: str) -> None:
             f"state directory {path} is writable by others; run 'chmod 700 {path}'"
         )
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-        raise StoreError(f"state directory {path} is not writable; check its mode")
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            raise StoreError(
+                f"state directory {path} is on a read-only file system; "
+                "use another --state directory"
+            )
+        raise StoreError(
+            f"state directory {path} is not writable; run 'chmod 700 {path}'"
+        )
 
 
 def private_dir(path: str) -> str:

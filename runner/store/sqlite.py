@@ -5,6 +5,12 @@ power cut. Every read-then-write transaction starts with `BEGIN IMMEDIATE`,
 which takes the write lock up front: a deferred transaction that upgrades
 fails at once with "database is locked" under contention instead of waiting.
 
+Failures: the database is created whole (see `store.files`) and checked
+before anything is written to it. A commit that fails (a full disk, an fsync
+error) closes the connection for good: the same commit is never retried on
+it, since a failed fsync may have dropped the data it was to sync, and every
+later write or read raises the same StoreError.
+
 Fencing: a run is driven by the holder of its lease (`runs.epoch`). Every
 write for a run checks the epoch it was given, so an owner that was paused and
 lost its lease can write nothing when it wakes up.
@@ -24,10 +30,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from runner.errors import LockedError, StoreError
+from runner.errors import LockedError, StoreError, UsageError
+from runner.store import files
 
 SCHEMA_VERSION = 1
-HEADER = b"SQLite format 3\x00"
+LOCK_TIMEOUT_VAR = "RUNNER_LOCK_TIMEOUT"
+"""Seconds a write waits for another process's lock before giving up (exit 3)."""
 
 _SCHEMA = """
 CREATE TABLE runs (
@@ -167,46 +175,63 @@ class Store:
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, "state.db")
+        self.lock_timeout = _lock_timeout()
+        self.broken: str | None = None
+        """Why writes stopped: after a failed commit the connection is closed,
+        so the same commit is never retried on it (an fsync that failed once
+        may have dropped the data it was to sync)."""
         self.connection = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        if not _create_private(self.path):
-            _check_header(self.path)
+        files.remove_stale_temps(self.state_dir)
+        if not os.path.lexists(self.path):
+            files.create_database(self.path, _initialise)
+        files.check_files(self.path)
+
+        connection = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            timeout=self.lock_timeout,
+            check_same_thread=False,
+        )
         try:
-            connection = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30, check_same_thread=False
-            )
-            connection.execute("PRAGMA busy_timeout = 30000")
+            # Checked before anything is written: a damaged file stays as it is.
+            self._check_schema(connection)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA foreign_keys = ON")
-            self._migrate(connection)
-        except sqlite3.DatabaseError as error:
-            raise StoreError(_corrupt(self.path, error)) from None
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as error:
+            # SQLite's message may quote damaged bytes that are not UTF-8.
+            connection.close()
+            raise StoreError(files.corrupt(self.path, _plain(error))) from None
+        except StoreError:
+            connection.close()
+            raise
+
         for suffix in ("-wal", "-shm"):
             if os.path.exists(self.path + suffix):
                 os.chmod(self.path + suffix, 0o600)
         return connection
 
-    def _migrate(self, connection: sqlite3.Connection) -> None:
+    def _check_schema(self, connection: sqlite3.Connection) -> None:
+        check = connection.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise StoreError(files.corrupt(self.path, check))
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"state database {self.path} has schema v{version}, newer than this "
                 f"runner (v{SCHEMA_VERSION}); upgrade runner"
             )
-        if version == SCHEMA_VERSION:
-            check = connection.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise StoreError(_corrupt(self.path, check))
-            return
-        connection.execute("BEGIN IMMEDIATE")
-        if connection.execute("PRAGMA user_version").fetchone()[0] == 0:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        connection.execute("COMMIT")
+        if version < SCHEMA_VERSION:
+            # Stores are created whole, schema included, so an existing file
+            # without one lost it: typically its -wal file was deleted.
+            raise StoreError(
+                files.corrupt(
+                    self.path,
+                    "it holds no runner schema; was its -wal file deleted?",
+                )
+            )
 
     def close(self) -> None:
         self.connection.close()
@@ -216,28 +241,65 @@ class Store:
         self, run_id: str | None = None, epoch: int | None = None
     ) -> Iterator[Txn]:
         """One durable transaction; fenced by `epoch` when given."""
+        if self.broken is not None:
+            raise StoreError(self.broken)
         connection = self.connection
         try:
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as error:
-            raise StoreError(
-                f"cannot write state database {self.path}: {error}"
-            ) from None
+            raise StoreError(self._cannot_begin(error)) from None
+        txn = Txn(connection)
         try:
-            txn = Txn(connection)
             if epoch is not None:
                 txn.fence(run_id or "", epoch)
             yield txn
             connection.execute("COMMIT")
-        except sqlite3.Error as error:
+        except (sqlite3.Error, UnicodeDecodeError) as error:
             self._rollback()
-            raise StoreError(
-                f"cannot record the change in state database {self.path}: {error}; "
-                "nothing more was run; free the disk or fix the store, then resume"
+            raise self._discard(
+                f"cannot record {txn.summary()} in state database {self.path}: "
+                f"{_plain(error)}; nothing more was run; free the disk or fix the "
+                "store, then resume"
             ) from None
         except BaseException:
             self._rollback()
             raise
+        if txn.started_run:
+            self._checkpoint()
+
+    def _cannot_begin(self, error: sqlite3.OperationalError) -> str:
+        if _code(error) == sqlite3.SQLITE_BUSY:
+            return (
+                f"state database {self.path} stayed locked by another process for "
+                f"{self.lock_timeout:g}s; nothing more was run; find what holds it "
+                f"(fuser {self.path}), then try again"
+            )
+        return f"cannot write state database {self.path}: {_plain(error)}"
+
+    def _checkpoint(self) -> None:
+        """Copy the log into the database file, not waiting for readers.
+
+        Done when a run starts, so that the run is in `state.db` itself: a
+        plain copy of that file, or one whose -wal file was lost, still holds
+        the run, and resume re-runs what it cannot see finished. A failure
+        here (a full disk, an fsync error) stops the runner like a failed
+        commit, though what was committed is safe in the log.
+        """
+        try:
+            self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except (sqlite3.Error, UnicodeDecodeError) as error:
+            raise self._discard(
+                f"cannot copy the log into state database {self.path}: "
+                f"{_plain(error)}; the run is recorded, nothing more was run; free "
+                "the disk or fix the store, then resume"
+            ) from None
+
+    def _discard(self, reason: str) -> StoreError:
+        """Close the connection for good; the error to raise, saying `reason`."""
+        self.broken = reason
+        with contextlib.suppress(sqlite3.Error):
+            self.connection.close()
+        return StoreError(reason)
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -246,28 +308,52 @@ class Store:
 
     # Reads -------------------------------------------------------------------
 
+    @contextmanager
+    def read(self) -> Iterator[Txn]:
+        """One consistent snapshot for several reads; takes no write lock."""
+        if self.broken is not None:
+            raise StoreError(self.broken)
+        try:
+            self.connection.execute("BEGIN")
+            try:
+                yield Txn(self.connection)
+            finally:
+                self.connection.execute("COMMIT")
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as error:
+            raise StoreError(files.corrupt(self.path, _plain(error))) from None
+
+    def select(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """All rows of a query; damage found while reading is a StoreError."""
+        if self.broken is not None:
+            raise StoreError(self.broken)
+        try:
+            return self.connection.execute(sql, args).fetchall()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as error:
+            # quick_check cannot see every damage: bad text in a row shows here.
+            raise StoreError(files.corrupt(self.path, _plain(error))) from None
+
     def run(self, run_id: str) -> dict[str, Any] | None:
-        row = self.connection.execute(
+        rows = self.select(
             f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
-        return dict(zip(RUN_COLUMNS, row, strict=True)) if row else None
+        )
+        return dict(zip(RUN_COLUMNS, rows[0], strict=True)) if rows else None
 
     def runs(self, statuses: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """Runs, oldest first, optionally only those in `statuses`."""
         where = (
             f"WHERE status IN ({', '.join('?' * len(statuses))})" if statuses else ""
         )
-        rows = self.connection.execute(
+        rows = self.select(
             f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where} ORDER BY seq", statuses
-        ).fetchall()
+        )
         return [dict(zip(RUN_COLUMNS, row, strict=True)) for row in rows]
 
     def steps(self, run_id: str) -> list[dict[str, Any]]:
-        rows = self.connection.execute(
+        rows = self.select(
             f"SELECT {', '.join(STEP_COLUMNS)} FROM steps WHERE run_id = ? "
             "ORDER BY position",
             (run_id,),
-        ).fetchall()
+        )
         return [dict(zip(STEP_COLUMNS, row, strict=True)) for row in rows]
 
     def attempts(self, run_id: str, step: str | None = None) -> list[dict[str, Any]]:
@@ -275,7 +361,7 @@ class Store:
         args: tuple[str, ...] = (run_id,)
         if step is not None:
             query, args = query + " AND step = ?", (run_id, step)
-        rows = self.connection.execute(query + " ORDER BY started_at, seq", args)
+        rows = self.select(query + " ORDER BY started_at, seq", args)
         return [dict(zip(ATTEMPT_COLUMNS, row, strict=True)) for row in rows]
 
     def events(self, run_id: str | None = None) -> list[dict[str, Any]]:
@@ -283,18 +369,16 @@ class Store:
         args: tuple[str, ...] = ()
         if run_id is not None:
             query, args = query + " WHERE run_id = ?", (run_id,)
-        rows = self.connection.execute(query + " ORDER BY id", args).fetchall()
+        rows = self.select(query + " ORDER BY id", args)
         keys = ("id", "at", "run_id", "step", "kind", "detail")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def event_counts(self) -> dict[str, int]:
-        rows = self.connection.execute(
-            "SELECT kind, COUNT(*) FROM events GROUP BY kind"
-        ).fetchall()
-        return dict(rows)
+        rows = self.select("SELECT kind, COUNT(*) FROM events GROUP BY kind")
+        return {str(kind): int(count) for kind, count in rows}
 
     def integrity(self) -> str:
-        return str(self.connection.execute("PRAGMA integrity_check").fetchone()[0])
+        return str(self.select("PRAGMA integrity_check")[0][0])
 
 
 class Txn:
@@ -303,6 +387,17 @@ class Txn:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
         self.now = time.time()
+        self.changes: list[str] = []
+        """What the transaction records, in words, for an error message."""
+        self.started_run = False
+
+    def summary(self) -> str:
+        """What this transaction records, as 'step build succeeded, ...'."""
+        if not self.changes:
+            return "the change"
+        shown = ", ".join(self.changes[:3])
+        more = len(self.changes) - 3
+        return f"{shown} and {more} more changes" if more > 0 else shown
 
     def fence(self, run_id: str, epoch: int) -> None:
         row = self.connection.execute(
@@ -314,6 +409,8 @@ class Txn:
             )
 
     def insert_run(self, fields: Mapping[str, Any]) -> None:
+        self.changes.append(f"the start of run {fields.get('run_id')}")
+        self.started_run = True
         self._insert("runs", fields)
 
     def insert_step(self, run_id: str, fields: Mapping[str, Any]) -> None:
@@ -323,9 +420,13 @@ class Txn:
         self._insert("attempts", {"run_id": run_id, **fields})
 
     def update_run(self, run_id: str, **fields: Any) -> None:
+        if "status" in fields:
+            self.changes.append(f"run {run_id} {fields['status']}")
         self._update("runs", fields, "run_id = ?", (run_id,))
 
     def update_step(self, run_id: str, name: str, **fields: Any) -> None:
+        if "status" in fields:
+            self.changes.append(f"step {name} {fields['status']}")
         self._update("steps", fields, "run_id = ? AND name = ?", (run_id, name))
 
     def update_attempt(self, run_id: str, step: str, seq: int, **fields: Any) -> None:
@@ -368,38 +469,33 @@ class Txn:
         )
 
 
-def _create_private(path: str) -> bool:
-    """Create the database file 0600 (its -wal and -shm copy the mode); True if new."""
+def _lock_timeout() -> float:
+    text = os.environ.get(LOCK_TIMEOUT_VAR, "30")
     try:
-        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-    except FileExistsError:
-        return False
-    except OSError as error:
-        raise StoreError(
-            f"cannot create state database {path}: {error.strerror}"
-        ) from None
-    os.close(descriptor)
-    return True
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise UsageError(
+            f"{LOCK_TIMEOUT_VAR}='{text}' is not a number of seconds; unset it or "
+            "give one such as 30"
+        )
+    return seconds
 
 
-def _check_header(path: str) -> None:
-    try:
-        with open(path, "rb") as file:
-            header = file.read(len(HEADER))
-    except OSError as error:
-        raise StoreError(
-            f"cannot read state database {path}: {error.strerror}"
-        ) from None
-    wal = path + "-wal"
-    wal_empty = not os.path.exists(wal) or os.path.getsize(wal) == 0
-    if not header and wal_empty:
-        raise StoreError(_corrupt(path, "the file is empty"))
-    if header and header != HEADER[: len(header)]:
-        raise StoreError(_corrupt(path, "not an SQLite database"))
+def _initialise(connection: sqlite3.Connection) -> None:
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _corrupt(path: str, detail: object) -> str:
-    return (
-        f"state database {path} is corrupt or unreadable ({detail}); nothing was "
-        "run; restore a backup or use another --state directory"
-    )
+def _code(error: sqlite3.Error) -> int:
+    """The primary SQLite result code of `error` (SQLITE_BUSY, SQLITE_FULL...)."""
+    return int(getattr(error, "sqlite_errorcode", 0)) & 0xFF
+
+
+def _plain(error: Exception) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return "SQLite reported damaged, undecodable text"
+    return str(error)
