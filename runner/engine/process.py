@@ -66,6 +66,8 @@ the full sweep of /proc is used instead."""
 _GATE_SCRIPT = 'read -r _ || exit 125; exec "$@" </dev/null'
 _GATE_SCRIPT_NO_PWD = 'read -r _ || exit 125; unset PWD; exec "$@" </dev/null'
 _SHELL = "/bin/sh"
+MAX_ARG_STRLEN = 32 * 4096
+"""Linux's limit on one argument or one NAME=value string given to exec."""
 _POLL = 0.05  # how often to look for the leader's exit when there is no pidfd
 
 
@@ -201,6 +203,8 @@ class Attempt:
         self._leader_exited = False
         self._reaped = False
         self._interrupted = False
+        self._pending_signal: int | None = None
+        """Asked for before the group existed: sent as soon as it does."""
         self._kill_at: float | None = None
         self._sent: list[str] = []
         self._start_time = 0  # of the leader, in clock ticks
@@ -238,6 +242,8 @@ class Attempt:
             if self._pgid is not None:
                 self._send(sig, record=True)
                 self._arm_kill()
+            else:
+                self._pending_signal = sig
             if self._wake is not None:
                 os.eventfd_write(self._wake, 1)
 
@@ -304,8 +310,7 @@ class Attempt:
         except (OSError, ValueError) as exc:
             if gate_w >= 0:
                 os.close(gate_w)
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise _CannotStart(_cannot_start(spec, reason)) from exc
+            raise _CannotStart(_cannot_start(spec, _spawn_problem(exc, spec))) from exc
         finally:
             # The child holds its ends now; EOF comes when no process has them.
             for fd in (out_w, err_w, gate_r):
@@ -313,6 +318,10 @@ class Attempt:
 
         with self._lock:
             self._pgid = proc.pid
+            if self._pending_signal is not None:
+                # interrupt() came between the start and now: nothing got it.
+                self._send(self._pending_signal, record=True)
+                self._arm_kill()
         return proc, out_r, err_r, gate_w
 
     def _announce(self, pid: int, gate: int) -> None:
@@ -562,6 +571,44 @@ def _exec_problem(path: Path) -> int:
     if is_dir or not runnable:
         return errno.EACCES
     return 0
+
+
+def _spawn_problem(error: OSError | ValueError, spec: AttemptSpec) -> str:
+    """Why the program could not be started, naming the value at fault."""
+    strings = _exec_strings(spec)
+    if isinstance(error, ValueError):
+        with_nul = [label for label, text in strings if b"\0" in text]
+        if with_nul:
+            return f"{with_nul[0]} contains a NUL byte, which a program cannot receive"
+        return str(error)
+    if error.errno != errno.E2BIG:
+        return error.strerror or str(error)
+
+    size, label = max((len(text) + 1, label) for label, text in strings)
+    if size > MAX_ARG_STRLEN:
+        return (
+            f"{label} is {size:,} bytes, over the {MAX_ARG_STRLEN:,} that one "
+            "argument or variable may hold (E2BIG); pass a large value in a file"
+        )
+    total = sum(len(text) + 1 for _, text in strings)
+    return (
+        f"the command and its environment take {total:,} bytes, more than the "
+        "system allows (E2BIG); pass large values in files"
+    )
+
+
+def _exec_strings(spec: AttemptSpec) -> list[tuple[str, bytes]]:
+    """What exec copies for the command: its argv and NAME=value strings."""
+    command = spec.command
+    if isinstance(command, str):
+        strings = [("the command text", os.fsencode(command))]
+    else:
+        strings = [(f"argument {i}", os.fsencode(a)) for i, a in enumerate(command)]
+    strings += [
+        (f"variable {name}", os.fsencode(f"{name}={value}"))
+        for name, value in spec.env.items()
+    ]
+    return strings
 
 
 def _cannot_start(spec: AttemptSpec, reason: str) -> str:

@@ -75,6 +75,7 @@ def semantic_problems(doc: Document, data: Any) -> list[Problem]:
     _check_params(context)
     _check_retries(context, steps)
     _check_unused(context, steps)
+    _check_nul(context, steps)
     return context.problems
 
 
@@ -381,6 +382,26 @@ def _command_texts(
         for index, item in enumerate(command):
             if isinstance(item, str):
                 yield (*path, index), item, False
+
+
+def _check_nul(context: _Context, steps: dict[str, dict[str, Any]]) -> None:
+    """A "\\0" escape puts a NUL in a value no command or variable can carry."""
+    texts = list(_workflow_texts(context.data))
+    for name, step in steps.items():
+        texts += _step_texts(name, step)
+        if isinstance(step.get("cwd"), str):
+            texts.append((("steps", name, "cwd"), step["cwd"], False))
+    params = context.data.get("params")
+    for name, param in (params if isinstance(params, dict) else {}).items():
+        if isinstance(param, dict) and isinstance(param.get("default"), str):
+            texts.append((("params", name, "default"), param["default"], False))
+    for path, text, _shell in texts:
+        if "\0" in text:
+            context.report(
+                path,
+                f"{format_path(path)}: contains a NUL byte (a \\0 escape), which no "
+                "command can receive; remove it",
+            )
 
 
 def _check_regexes(context: _Context, steps: dict[str, dict[str, Any]]) -> None:

@@ -253,6 +253,45 @@ def test_missing_command_in_a_shell_string_exits_127(tmp_path: Path) -> None:
     assert b"not found" in result.stderr_tail
 
 
+@pytest.mark.parametrize("gated", [False, True], ids=["direct", "gated"])
+@pytest.mark.parametrize(
+    ("command", "env", "named"),
+    [
+        (("echo", "x" * 200_000), {}, "argument 1 is 200,001 bytes"),
+        ("echo " + "x" * 200_000, {}, "the command text is 200,006 bytes"),
+        (("echo",), {"BIG": "x" * 200_000}, "variable BIG is 200,005 bytes"),
+    ],
+    ids=["argv-item", "shell-text", "env-value"],
+)
+def test_a_string_over_the_kernel_limit_is_a_spawn_error_naming_it(
+    tmp_path: Path,
+    gated: bool,
+    command: str | tuple[str, ...],
+    env: dict[str, str],
+    named: str,
+) -> None:
+    """exec's E2BIG names the argument or variable that is too long, and its size."""
+    on_started = Recorder() if gated else None
+    result = run(tmp_path, command, on_started, env={"PATH": PATH, **env})
+
+    shown = "echo " + "x" * 52 + "..." if isinstance(command, str) else "echo"
+    assert result.spawn_error == (
+        f"cannot start {shown!r} in {tmp_path}: {named}, over the 131,072 that one "
+        "argument or variable may hold (E2BIG); pass a large value in a file"
+    )
+    assert result.exit_code is None
+
+
+def test_a_nul_in_the_environment_is_a_spawn_error_naming_it(tmp_path: Path) -> None:
+    """A NUL byte no program can receive names the variable that holds it."""
+    result = run(tmp_path, "true", env={"PATH": PATH, "X": "a\0b"})
+
+    assert result.spawn_error == (
+        f"cannot start 'true' in {tmp_path}: variable X contains a NUL byte, which "
+        "a program cannot receive"
+    )
+
+
 # Output (D1-D3).
 
 
@@ -509,6 +548,27 @@ def test_interrupt_before_run_starts_nothing(tmp_path: Path) -> None:
     assert result.interrupted
     assert result.exit_code is None and result.signal is None
     assert not (tmp_path / "started").exists()
+
+
+class _InterruptedWhileSpawning(Attempt):
+    """Interrupts itself in the window after the check, before the group exists."""
+
+    def _spawn(self, stack: Any) -> Any:
+        self.interrupt(signal.SIGTERM)
+        return super()._spawn(stack)
+
+
+def test_interrupt_while_the_command_is_being_started_still_stops_it(
+    tmp_path: Path,
+) -> None:
+    """A signal asked for before the group existed is sent once it does."""
+    attempt = _InterruptedWhileSpawning(make_spec(tmp_path, "sleep 30"))
+
+    result = attempt.run()
+
+    assert result.interrupted
+    assert result.group_signals == ("SIGTERM",)
+    assert result.duration < 5
 
 
 def test_interrupt_after_the_end_does_nothing(tmp_path: Path) -> None:
