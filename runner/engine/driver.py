@@ -35,13 +35,16 @@ from runner.engine.process import AttemptResult
 from runner.errors import ExitCode, LockedError, StoreError
 from runner.policy.backoff import decide_retry
 from runner.policy.classify import Classification, Failure, classify
-from runner.policy.compensation import dependents_of, ready_to_compensate
+from runner.policy.compensation import blockers, dependents_of, reached
 from runner.spec import expressions
 from runner.spec.model import OnExhausted, RetryPolicy, Step, Workflow
 from runner.store.sqlite import Store, Txn
 
 DONE = frozenset({"succeeded", "skipped"})
 FINAL = frozenset({"succeeded", "skipped", "failed", "cancelled"})
+FORWARD_BUSY = frozenset({"pending", "waiting", "running"})
+"""Step statuses that, in a run turned back, mean forward work is not over."""
+PASSED_OVER = "passed over: no compensate"
 LEASE_SECONDS = float(os.environ.get("RUNNER_LEASE_SECONDS", "30"))
 Reporter = Callable[[str, str | None, dict[str, Any]], None]
 
@@ -57,6 +60,8 @@ class StepState:
     first_started_at: float | None = None
     due_at: float | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    passed_over: bool = False
+    """The backward order reached this step, which has no `compensate`."""
 
 
 @dataclass
@@ -87,7 +92,9 @@ class Driver:
         self.workflow = workflow
         self.renderer = values.Renderer(workflow, params)
         self.concurrency = max(1, concurrency)
-        self.report = reporter
+        self.reporter = reporter
+        self.shown: list[tuple[str, str | None, dict[str, Any]]] = []
+        """Changes to show once the transaction recording them commits."""
         self.backward = run["status"] == "compensating"
         self.states = {
             row["name"]: _state(workflow.steps[row["name"]], row)
@@ -156,13 +163,19 @@ class Driver:
 
     def _prepare(self) -> None:
         for name, state in self.states.items():
-            if state.status == "waiting" and state.due_at is not None:
+            if state.status in ("waiting", "compensating") and state.due_at:
                 heapq.heappush(self.waiting, (state.due_at, name))
         if self.backward:
             for name, state in self.states.items():
-                if state.status == "compensating" and state.due_at is None:
+                if state.status == "pending" and state.seq == 0:
+                    # Added by an accepted change of the workflow file.
+                    self._settle(name, "cancelled", message="the run turned back")
+                elif state.status == "pending" or (
+                    state.status == "compensating" and state.due_at is None
+                ):
+                    # A pending step that had an attempt was cut short by a
+                    # crash: it finishes as the steps running at the turn did.
                     self._enqueue(name)
-            self._queue_compensations()
             return
         for name, state in self.states.items():
             needs = self.workflow.steps[name].needs
@@ -202,20 +215,26 @@ class Driver:
         return bool(self.waiting) or any(self.ready.values())
 
     def _flush(self) -> None:
-        if not self.writes:
-            return
         writes, self.writes = self.writes, []
-        self.reports_pending = False
-        with self.store.write(self.run_id, self.epoch) as txn:
-            txn.update_run(self.run_id, lease_until=txn.now + LEASE_SECONDS)
-            for write in writes:
-                write.apply(txn)
-        self.lease_renewed = time.monotonic()
+        if writes:
+            self.reports_pending = False
+            with self.store.write(self.run_id, self.epoch) as txn:
+                txn.update_run(self.run_id, lease_until=txn.now + LEASE_SECONDS)
+                for write in writes:
+                    write.apply(txn)
+            self.lease_renewed = time.monotonic()
+        shown, self.shown = self.shown, []
+        for status, step, details in shown:
+            self.reporter(status, step, details)
         for point in dict.fromkeys(write.after for write in writes if write.after):
             crashpoint(point)
 
     def _record(self, apply: Callable[[Txn], None], after: str | None = None) -> None:
         self.writes.append(Write(apply, after))
+
+    def report(self, status: str, step: str | None, details: dict[str, Any]) -> None:
+        """Show a change, after the commit that records it: never one it lost."""
+        self.shown.append((status, step, details))
 
     # Deciding what starts -------------------------------------------------------
 
@@ -225,8 +244,16 @@ class Driver:
     def _plan(self) -> list[Launch]:
         self._wake_due()
         launches: list[Launch] = []
-        if self.backward and self._forward_running():
-            return launches
+        backward = None
+        while backward != self.backward:  # a turn while planning plans again
+            backward = self.backward
+            if backward:
+                self._queue_compensations()
+            self._take(launches)
+        return launches
+
+    def _take(self, launches: list[Launch]) -> None:
+        """Launch ready steps within the run's concurrency and pool limits."""
         for pool, names in self.ready.items():
             limit = self.workflow.pools.get(pool) if pool else None
             while names and len(self.running) + len(launches) < self.concurrency:
@@ -236,10 +263,9 @@ class Driver:
                 if launch is not None:
                     launches.append(launch)
                     self.pool_use[pool] = self.pool_use.get(pool, 0) + 1
-        return launches
 
-    def _forward_running(self) -> bool:
-        return any(job.launch.kind == "run" for job in self.running.values())
+    def _forward_busy(self) -> bool:
+        return any(state.status in FORWARD_BUSY for state in self.states.values())
 
     def _wake_due(self) -> None:
         now = time.time()
@@ -250,9 +276,9 @@ class Driver:
                 self._enqueue(name)
 
     def _launch(self, name: str) -> Launch | None:
-        if self.backward:
-            return self._launch_compensation(name)
         state = self.states[name]
+        if self.backward and state.status not in FORWARD_BUSY:
+            return self._launch_compensation(name)
         step = state.step
         views = self._views()
         try:
@@ -479,7 +505,8 @@ class Driver:
         state = self.states[launch.step]
         if launch.kind == "compensate":
             state.comp_attempts += 1
-            self._settle(launch.step, "compensated")
+            message = f"compensate succeeded on attempt {state.comp_attempts}"
+            self._settle(launch.step, "compensated", message=message)
             return
         state.attempts += 1
         state.outputs = values.parse_outputs(launch.log_prefix + ".output")
@@ -612,10 +639,7 @@ class Driver:
 
         self._record(apply)
         self.report(status, name, {"message": reason or message})
-        if self.backward:
-            if status in ("succeeded", "compensated", "compensation_failed"):
-                self._queue_compensations()
-        elif status in DONE:
+        if not self.backward and status in DONE:
             self._release(name)
 
     def _release(self, name: str) -> None:
@@ -637,7 +661,9 @@ class Driver:
         self.waiting.clear()
         reason = f"step {name} failed ({verdict.error_class}: {verdict.rule})"
         for other, state in self.states.items():
-            if state.status == "pending":
+            # A step parked by its circuit before its first attempt never started.
+            never_started = state.status == "waiting" and state.attempts == 0
+            if state.status == "pending" or never_started:
                 self._settle(other, "cancelled", message="the run turned back")
             elif state.status == "waiting":
                 self._settle(
@@ -650,21 +676,46 @@ class Driver:
 
         self._record(apply)
         self.report("compensating", None, {"reason": reason})
-        self._queue_compensations()
 
     def _queue_compensations(self) -> None:
-        """Queue every compensation whose succeeded dependents are all done."""
+        """Queue the compensations the backward order reached; pass the rest over.
+
+        Nothing is reached while forward work goes on: a step that finishes
+        after the turn may still succeed, and must be undone before the steps
+        it needs.
+        """
+        if self._forward_busy():
+            return
         queued = {n for names in self.ready.values() for n in names}
-        for name in self._compensable():
-            if name not in queued and name not in self.running:
+        for name in self._reached():
+            state = self.states[name]
+            if state.step.compensate is None:
+                if not state.passed_over:
+                    self._pass_over(state)
+            elif name not in queued and name not in self.running:
                 self._enqueue(name)
 
-    def _compensable(self) -> list[str]:
-        return ready_to_compensate(
+    def _reached(self) -> list[str]:
+        return reached(
             self.needs,
             {name: state.status for name, state in self.states.items()},
             {n: s.step.compensate is not None for n, s in self.states.items()},
         )
+
+    def _pass_over(self, state: StepState) -> None:
+        """Record that the backward order went past a step with nothing to undo.
+
+        The step stays `succeeded` (it was not undone); its message says why.
+        """
+        state.passed_over = True
+        name = state.step.name
+
+        def apply(txn: Txn) -> None:
+            txn.update_step(self.run_id, name, message=PASSED_OVER)
+            txn.event("compensation.passed_over", self.run_id, name)
+
+        self._record(apply)
+        self.report("succeeded", name, {"message": PASSED_OVER})
 
     def _launch_compensation(self, name: str) -> Launch | None:
         state = self.states[name]
@@ -685,10 +736,12 @@ class Driver:
 
     def _finish(self) -> ExitCode:
         status = self._final_status()
+        if status == "compensation_failed":
+            self._note_blocked()
         crashpoint("run.before_finish_commit")
         self._record(lambda txn: self._close_run(txn, status))
-        self._flush()
         self.report(status, None, {})
+        self._flush()
         return ExitCode.OK if status == "succeeded" else ExitCode.RUN_FAILED
 
     def _final_status(self) -> str:
@@ -700,6 +753,22 @@ class Driver:
                 else ("compensated")
             )
         return "succeeded" if statuses <= DONE else "failed"
+
+    def _note_blocked(self) -> None:
+        """Say, on each step left undone, which failed compensation holds it."""
+        statuses = {name: state.status for name, state in self.states.items()}
+        held = blockers(self.needs, statuses)
+        notes = {
+            name: f"not compensated: waits for {', '.join(held[name])}"
+            for name, state in self.states.items()
+            if state.status == "succeeded" and not state.passed_over and held[name]
+        }
+
+        def apply(txn: Txn) -> None:
+            for name, message in notes.items():
+                txn.update_step(self.run_id, name, message=message)
+
+        self._record(apply)
 
     def _close_run(self, txn: Txn, status: str) -> None:
         txn.update_run(self.run_id, status=status, ended_at=txn.now, lease_until=0)
@@ -721,8 +790,8 @@ class Driver:
             txn.event("run.interrupted", self.run_id, signal=signum)
 
         self._record(apply)
-        self._flush()
         self.report("interrupted", None, {"signal": signum})
+        self._flush()
         return ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM
 
     def _interrupted(self, job: Job) -> None:
@@ -780,6 +849,7 @@ def _state(step: Step, row: dict[str, Any]) -> StepState:
         first_started_at=row["first_started_at"],
         due_at=row["due_at"],
         outputs=json.loads(row["outputs"]) if row["outputs"] else {},
+        passed_over=row["status"] == "succeeded" and row["message"] == PASSED_OVER,
     )
 
 

@@ -41,21 +41,47 @@ def backward_done(
     return done
 
 
+def reached(
+    needs: Mapping[str, Sequence[str]],
+    status: Mapping[str, str],
+    has_compensation: Mapping[str, bool],
+) -> list[str]:
+    """Succeeded steps whose dependents are all done: the backward order's front.
+
+    Those with a compensation may run it now; those without are passed over.
+    """
+    dependents = dependents_of(needs)
+    done = backward_done(needs, status, has_compensation)
+    return [
+        name
+        for name in reversed(list(needs))
+        if status[name] == "succeeded" and all(done[d] for d in dependents[name])
+    ]
+
+
 def ready_to_compensate(
     needs: Mapping[str, Sequence[str]],
     status: Mapping[str, str],
     has_compensation: Mapping[str, bool],
 ) -> list[str]:
     """Succeeded steps with a compensation whose dependents are all done."""
+    front = reached(needs, status, has_compensation)
+    return [name for name in front if has_compensation[name]]
+
+
+def blockers(
+    needs: Mapping[str, Sequence[str]], status: Mapping[str, str]
+) -> dict[str, list[str]]:
+    """For each step, the failed compensations among the steps that need it."""
     dependents = dependents_of(needs)
-    done = backward_done(needs, status, has_compensation)
-    return [
-        name
-        for name in reversed(list(needs))
-        if status[name] == "succeeded"
-        and has_compensation[name]
-        and all(done[d] for d in dependents[name])
-    ]
+    found: dict[str, set[str]] = {}
+    for name in reverse_topological(needs, dependents):
+        found[name] = set()
+        for dependent in dependents[name]:
+            found[name] |= found[dependent]
+            if status[dependent] == "compensation_failed":
+                found[name].add(dependent)
+    return {name: sorted(names) for name, names in found.items()}
 
 
 def reverse_topological(

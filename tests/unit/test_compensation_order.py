@@ -7,7 +7,12 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.policy.compensation import backward_done, ready_to_compensate
+from runner.policy.compensation import (
+    backward_done,
+    blockers,
+    reached,
+    ready_to_compensate,
+)
 
 
 def simulate(
@@ -59,6 +64,25 @@ def test_a_failed_compensation_blocks_what_it_needs_only() -> None:
     needs = {"a": (), "b": ("a",), "z": ()}
     status = {"a": "succeeded", "b": "compensation_failed", "z": "succeeded"}
     assert ready_to_compensate(needs, status, dict.fromkeys(needs, True)) == ["z"]
+
+
+def test_a_step_without_compensate_is_reached_in_the_same_order() -> None:
+    """x (no compensate) is reached, to be passed over, only once c is undone."""
+    needs = {"a": (), "x": ("a",), "c": ("x",)}
+    status = dict.fromkeys(needs, "succeeded")
+    has = {"a": True, "x": False, "c": True}
+    assert reached(needs, status, has) == ["c"]
+    status["c"] = "compensated"
+    assert reached(needs, status, has) == ["x", "a"]
+
+
+def test_blockers_name_the_failed_compensations_downstream() -> None:
+    """a and b wait for c's failed compensation; independent z for nothing."""
+    needs = {"a": (), "b": ("a",), "c": ("b",), "z": ()}
+    status = {"a": "succeeded", "b": "succeeded", "c": "compensation_failed"}
+    status["z"] = "succeeded"
+    held = blockers(needs, status)
+    assert held == {"a": ["c"], "b": ["c"], "c": [], "z": []}
 
 
 def test_steps_that_never_succeeded_are_not_compensated() -> None:
