@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from runner.cli.main import cli, state_option
-from runner.errors import ExitCode, UsageError
+from runner.errors import ChangedError, ExitCode, LockedError, UsageError
 
 if TYPE_CHECKING:
     from runner.engine.driver import Reporter
@@ -135,10 +135,13 @@ def resume(
     run_id: str | None, accept_changes: bool, original: bool, concurrency: int | None
 ) -> None:
     """Continue an interrupted run (default: the newest unfinished one)."""
-    from runner.engine.lifecycle import UNFINISHED, pick_run, resume_run
+    from runner.engine.lifecycle import UNFINISHED, nothing_to, pick_run, resume_run
 
     store = _open_store()
     run = pick_run(store, run_id, UNFINISHED)
+    if run is None:
+        click.echo(nothing_to("continue", UNFINISHED))
+        return
     workflow = _stored_and_current(run, accept_changes, original)
     _with_reporter(
         list(workflow.steps),
@@ -163,19 +166,44 @@ def redrive(
     concurrency: int | None,
 ) -> None:
     """Re-run failed steps (or failed compensations) with fresh retry budgets."""
-    from runner.engine.lifecycle import pick_run, redrive_run
-    from runner.report.progress import PlainReporter
+    from runner.engine.lifecycle import REDRIVABLE, nothing_to, pick_run
 
-    store = _open_store()
-    statuses = ("failed", "compensation_failed")
-    runs = store.runs(statuses) if all_runs else [pick_run(store, run_id, statuses)]
     if all_runs and run_id:
         raise UsageError("give a RUN_ID or --all, not both")
+    store = _open_store()
+    choice = (accept_changes, original, _concurrency(concurrency))
+    if not all_runs:
+        run = pick_run(store, run_id, REDRIVABLE)
+        if run is None:
+            click.echo(nothing_to("redrive", REDRIVABLE))
+            return
+        sys.exit(int(_redrive_one(store, run, *choice)))
+    runs = store.runs(REDRIVABLE)
+    if not runs:
+        click.echo(nothing_to("redrive", REDRIVABLE))
     worst = ExitCode.OK
     for run in runs:
-        workflow = _stored_and_current(run, accept_changes, original)
-        code = redrive_run(
-            store, run, workflow, _concurrency(concurrency), PlainReporter()
-        )
+        try:
+            code = _redrive_one(store, run, *choice)
+        except (ChangedError, LockedError, UsageError) as error:
+            # One run refused (held, edited, redriven meanwhile): the others go on.
+            click.echo(error.message, err=True)
+            code = error.exit_code
+        if code in (ExitCode.SIGINT, ExitCode.SIGTERM):
+            sys.exit(int(code))
         worst = max(worst, code)
     sys.exit(int(worst))
+
+
+def _redrive_one(
+    store: Store, run: dict[str, Any], accept: bool, original: bool, concurrency: int
+) -> ExitCode:
+    from runner.engine.lifecycle import check_redrivable, redrive_run
+    from runner.report.progress import PlainReporter
+
+    run = check_redrivable(store, run["run_id"])
+    workflow = _stored_and_current(run, accept, original)
+    reporter = PlainReporter()
+    code = redrive_run(store, run, workflow, concurrency, reporter)
+    reporter.close()
+    return code

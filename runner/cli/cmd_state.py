@@ -48,15 +48,23 @@ def _run_json(run: dict[str, Any]) -> dict[str, Any]:
 
 
 REDRIVE_QUEUE = ("failed", "compensation_failed")
-"""Step statuses that wait for `runner redrive`."""
+"""Run statuses whose steps of the same status wait for `runner redrive`."""
 
 
-def _step_json(row: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+def waits_for_redrive(run_status: str, step_status: str) -> bool:
+    """A failed step of a failed run, a failed compensation of such a run."""
+    return run_status in REDRIVE_QUEUE and step_status == run_status
+
+
+def _step_json(
+    row: dict[str, Any], history: list[dict[str, Any]], run_status: str
+) -> dict[str, Any]:
     duration = None
     if row["first_started_at"] and row["ended_at"]:
         duration = round(row["ended_at"] - row["first_started_at"], 3)
+    queued = waits_for_redrive(run_status, row["status"])
     tail = None
-    if row["status"] in REDRIVE_QUEUE:
+    if queued:
         tail = next((a["tail"] for a in reversed(history) if a["tail"]), None)
     return {
         "name": row["name"],
@@ -69,6 +77,7 @@ def _step_json(row: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, 
         "ended_at": iso(row["ended_at"]),
         "duration": duration,
         "outputs": json.loads(row["outputs"]) if row["outputs"] else {},
+        "redrive": queued,
         "tail": tail,
         "history": [_attempt_json(attempt) for attempt in history],
     }
@@ -97,7 +106,7 @@ def _print_step(step: dict[str, Any]) -> None:
     )
     if step["message"]:
         click.echo(f"      {step['message']}")
-    if step["status"] not in REDRIVE_QUEUE:
+    if not step["redrive"]:
         return
     history = ", ".join(
         f"{a['kind']} {a['number']} {a['status']}"
@@ -138,7 +147,8 @@ def status(run_id: str | None, output: str) -> None:
     for attempt in store.attempts(run_id):
         history.setdefault(attempt["step"], []).append(attempt)
     document["steps"] = [
-        _step_json(row, history.get(row["name"], [])) for row in store.steps(run_id)
+        _step_json(row, history.get(row["name"], []), run["status"])
+        for row in store.steps(run_id)
     ]
     if output == "json":
         click.echo(json.dumps(document, indent=2))

@@ -25,7 +25,7 @@ from runner.engine.driver import LEASE_SECONDS, Driver, Reporter
 from runner.engine.values import parse_params
 from runner.errors import ChangedError, ExitCode, UsageError
 from runner.spec.model import OnCrash, Workflow
-from runner.store.sqlite import Store
+from runner.store.sqlite import Store, Txn
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_RECOVERIES = int(os.environ.get("RUNNER_MAX_RECOVERIES", "20"))
@@ -152,8 +152,11 @@ class ResumeRequest:
 
 
 def pick_run(
-    store: Store, run_id: str | None, statuses: tuple[str, ...]
-) -> dict[str, Any]:
+    store: Store,
+    run_id: str | None,
+    statuses: tuple[str, ...],
+) -> dict[str, Any] | None:
+    """The named run, or the newest one in `statuses`; None when there is none."""
     if run_id is not None:
         run = store.run(run_id)
         if run is None:
@@ -162,9 +165,11 @@ def pick_run(
             )
         return run
     candidates = store.runs(statuses)
-    if not candidates:
-        raise UsageError(f"no {' or '.join(statuses)} run to continue; nothing to do")
-    return candidates[-1]
+    return candidates[-1] if candidates else None
+
+
+def nothing_to(purpose: str, statuses: tuple[str, ...]) -> str:
+    return f"no {' or '.join(statuses)} run to {purpose}; nothing to do"
 
 
 def changed_steps(stored: Workflow, current: Workflow) -> list[str]:
@@ -209,7 +214,7 @@ def resume_run(
         return ExitCode.OK if run["status"] == "succeeded" else ExitCode.RUN_FAILED
     epoch, crashed = ownership.acquire(store, run_id, LEASE_SECONDS)
     if crashed and run["recoveries"] + 1 > MAX_RECOVERIES:
-        return _give_up(store, run_id, epoch, workflow)
+        return _give_up(store, run_id, epoch)
     _reconcile(store, run_id, epoch, workflow, crashed)
     crashpoint("resume.after_reconcile")
     params = json.loads(run["params"])
@@ -229,10 +234,11 @@ def _reconcile(
             ownership.kill_leftovers(run_id, row["name"], row["seq"], grace)
     run = store.run(run_id)
     assert run is not None
+    back = _turned_back(store, run)
+    undoing = _cut_short_compensations(store, run_id, steps) if back else set()
     with store.write(run_id, epoch) as txn:
         if crashed:
             txn.update_run(run_id, recoveries=run["recoveries"] + 1)
-        back = run["status"] == "compensating"
         status = "compensating" if back else "running"
         txn.update_run(run_id, status=status, ended_at=None)
         txn.execute(
@@ -241,8 +247,50 @@ def _reconcile(
             (txn.now, run_id),
         )
         for row in steps:
-            _reopen(txn, run_id, row, workflow)
+            if row["name"] in undoing:
+                txn.update_step(run_id, row["name"], status="compensating", due_at=None)
+            else:
+                _reopen(txn, run_id, row, workflow)
+        _adopt(txn, run, workflow, steps)
         txn.event("run.resumed", run_id, after_crash=crashed)
+
+
+def _turned_back(store: Store, run: dict[str, Any]) -> bool:
+    """Whether an unfinished run is compensating.
+
+    A signal leaves a run `interrupted` whichever way it was going, so the
+    direction comes from the journal: turning back is recorded with the
+    `run.compensating` event, and only a redrive sets it again.
+    """
+    if run["status"] != "interrupted":
+        return bool(run["status"] == "compensating")
+    back = False
+    for event in store.events(run["run_id"]):
+        if event["kind"] == "run.compensating":
+            back = True
+        elif event["kind"] == "run.redriven":
+            back = bool(json.loads(event["detail"] or "{}").get("backward"))
+    return back
+
+
+def _cut_short_compensations(
+    store: Store, run_id: str, steps: list[dict[str, Any]]
+) -> set[str]:
+    """Steps whose last attempt, a compensation, a signal or crash cut short.
+
+    A compensation is run again after a crash whatever `on_crash` says: that
+    key is about the step's own command.
+    """
+    last: dict[str, str] = {}
+    for attempt in store.attempts(run_id):
+        last[attempt["step"]] = attempt["kind"]
+    return {
+        row["name"]
+        for row in steps
+        if row["status"] in ("interrupted", "compensating")
+        and row["due_at"] is None
+        and last.get(row["name"]) == "compensate"
+    }
 
 
 def _reopen(txn: Any, run_id: str, row: dict[str, Any], workflow: Workflow) -> None:
@@ -265,20 +313,72 @@ def _reopen(txn: Any, run_id: str, row: dict[str, Any], workflow: Workflow) -> N
         txn.update_step(run_id, name, status="compensating")
 
 
-def _give_up(store: Store, run_id: str, epoch: int, workflow: Workflow) -> ExitCode:
+def _give_up(store: Store, run_id: str, epoch: int) -> ExitCode:
+    """End a crash-looping run in its redrive queue.
+
+    A run turned back ends `compensation_failed`, its unfinished compensations
+    waiting for redrive, so a redrive goes on undoing instead of re-running
+    forward steps that were being undone.
+    """
     reason = f"max recovery attempts exceeded ({MAX_RECOVERIES})"
+    run = store.run(run_id)
+    assert run is not None
+    steps = store.steps(run_id)
+    back = _turned_back(store, run)
+    undoing = _cut_short_compensations(store, run_id, steps) if back else set()
+    status = "compensation_failed" if back else "failed"
     with store.write(run_id, epoch) as txn:
-        for row in store.steps(run_id):
-            if row["status"] in ("running", "interrupted", "compensating"):
+        for row in steps:
+            if row["name"] in undoing or row["status"] == "compensating":
+                txn.update_step(
+                    run_id,
+                    row["name"],
+                    status="compensation_failed",
+                    due_at=None,
+                    message=reason,
+                )
+            elif row["status"] in ("running", "interrupted"):
                 txn.update_step(run_id, row["name"], status="failed", message=reason)
+        run_reason = f"{run['reason']}; then {reason}" if back else reason
         txn.update_run(
-            run_id, status="failed", reason=reason, ended_at=txn.now, lease_until=0
+            run_id, status=status, reason=run_reason, ended_at=txn.now, lease_until=0
         )
-        txn.event("run.failed", run_id, reason=reason)
+        txn.event(f"run.{status}", run_id, reason=reason)
     return ExitCode.RUN_FAILED
 
 
 # Redrive ---------------------------------------------------------------------
+
+REDRIVABLE = ("failed", "compensation_failed")
+
+
+def check_redrivable(store: Store, run_id: str) -> dict[str, Any]:
+    """The run as stored now, if redrive may take it; writes nothing.
+
+    Exit 4 while another live process drives it (a redrive in progress
+    included), exit 2 when it is neither failed nor compensation_failed.
+    """
+    run = store.run(run_id)
+    assert run is not None
+    ownership.refuse_if_held(run_id, run["owner"], run["lease_until"], time.time())
+    if run["status"] not in REDRIVABLE:
+        raise UsageError(_not_redrivable(run))
+    return run
+
+
+def _not_redrivable(run: dict[str, Any]) -> str:
+    run_id, status = run["run_id"], run["status"]
+    if status in UNFINISHED:
+        # Its driver is gone (check_redrivable refused a live one): a redrive
+        # cut short lands here too, and resume is what finishes it.
+        return (
+            f"run {run_id} is interrupted, not failed; finish it with "
+            f"'runner resume {run_id}'"
+        )
+    return (
+        f"run {run_id} is {status}; only failed or compensation_failed runs "
+        "can be redriven"
+    )
 
 
 def redrive_run(
@@ -288,42 +388,99 @@ def redrive_run(
     concurrency: int,
     reporter: Reporter,
 ) -> ExitCode:
-    """Re-run failed steps with fresh budgets, or failed compensations."""
+    """Re-run failed steps with fresh budgets, or failed compensations.
+
+    The run leaves the redrive queue in the one transaction that reopens it:
+    a crash before it leaves the run failed (redrive again), a crash after it
+    leaves an interrupted run that `resume` finishes.
+    """
     run_id = run["run_id"]
-    if run["status"] not in ("failed", "compensation_failed"):
-        raise UsageError(
-            f"run {run_id} is {run['status']}; only failed or compensation_failed "
-            "runs can be redriven"
-        )
+    check_redrivable(store, run_id)
     epoch, _ = ownership.acquire(store, run_id, LEASE_SECONDS)
-    backward = run["status"] == "compensation_failed"
+    held = store.run(run_id)
+    assert held is not None
+    if held["status"] not in REDRIVABLE:  # another redrive ended before we took it
+        _release(store, run_id, epoch)
+        raise UsageError(_not_redrivable(held))
     with store.write(run_id, epoch) as txn:
-        for row in store.steps(run_id):
-            if backward and row["status"] == "compensation_failed":
-                txn.update_step(
-                    run_id,
-                    row["name"],
-                    status="compensating",
-                    comp_attempts=0,
-                    due_at=None,
-                )
-            elif not backward and row["status"] == "failed":
-                txn.update_step(
-                    run_id,
-                    row["name"],
-                    status="pending",
-                    attempts=0,
-                    due_at=None,
-                    first_started_at=None,
-                )
-        txn.update_run(
-            run_id,
-            status="compensating" if backward else "running",
-            ended_at=None,
-            reason=None if not backward else run["reason"],
-        )
-        txn.event("run.redriven", run_id, backward=backward)
+        _reopen_for_redrive(txn, store, held, workflow)
     crashpoint("redrive.after_reopen")
-    params = json.loads(run["params"])
+    params = json.loads(held["params"])
     reporter("redriven", None, {"run_id": run_id})
     return _drive(store, run_id, workflow, params, concurrency, reporter)
+
+
+def _release(store: Store, run_id: str, epoch: int) -> None:
+    with store.write(run_id, epoch) as txn:
+        txn.update_run(run_id, lease_until=0)
+
+
+def _reopen_for_redrive(
+    txn: Txn, store: Store, run: dict[str, Any], workflow: Workflow
+) -> None:
+    run_id = run["run_id"]
+    backward = run["status"] == "compensation_failed"
+    _adopt(txn, run, workflow, store.steps(run_id))
+    for row in store.steps(run_id):
+        if backward and row["status"] == "compensation_failed":
+            txn.update_step(
+                run_id,
+                row["name"],
+                status="compensating",
+                comp_attempts=0,
+                due_at=None,
+            )
+        elif not backward and row["status"] == "failed":
+            txn.update_step(
+                run_id,
+                row["name"],
+                status="pending",
+                attempts=0,
+                due_at=None,
+                first_started_at=None,
+                message="redriven with a fresh retry budget",
+            )
+            txn.event("step.redriven", run_id, row["name"], after=row["attempts"])
+    # A redrive is a person's decision after a fix: the crash-loop limit
+    # counts from here, or a run failed by it would give up at the next crash.
+    txn.update_run(
+        run_id,
+        status="compensating" if backward else "running",
+        ended_at=None,
+        reason=None if not backward else run["reason"],
+        recoveries=0,
+    )
+    txn.event("run.redriven", run_id, backward=backward)
+
+
+def _adopt(
+    txn: Txn, run: dict[str, Any], workflow: Workflow, rows: list[dict[str, Any]]
+) -> None:
+    """Give the run the steps of an accepted changed file, and store that file.
+
+    Steps the file added start pending; rows of steps it removed go (their
+    attempts stay in the history). The stored copy becomes the accepted one,
+    so a later resume or redrive compares the file with what actually runs.
+    """
+    if workflow.source == run["source"]:
+        return
+    run_id = run["run_id"]
+    for row in rows:
+        if row["name"] not in workflow.steps:
+            txn.execute(
+                "DELETE FROM steps WHERE run_id = ? AND name = ?",
+                (run_id, row["name"]),
+            )
+            txn.event("step.removed", run_id, row["name"], status=row["status"])
+    known = {row["name"] for row in rows}
+    position = max((row["position"] for row in rows), default=-1)
+    for name in workflow.steps:
+        if name not in known:
+            position += 1
+            txn.insert_step(
+                run_id, {"name": name, "position": position, "status": "pending"}
+            )
+            txn.event("step.added", run_id, name)
+    breakers.declare(txn, dict(workflow.circuits))
+    txn.update_run(run_id, source=workflow.source)
+    txn.event("run.changes_accepted", run_id)

@@ -45,6 +45,18 @@ def owner_alive(owner: dict[str, Any] | None) -> bool:
     return stat is not None and stat.alive and stat.start_time == owner["start_time"]
 
 
+def refuse_if_held(
+    run_id: str, owner_text: str | None, lease_until: float, now: float
+) -> None:
+    """LockedError (exit 4) while a live process holds the run's lease."""
+    owner = json.loads(owner_text) if owner_text else None
+    if owner and lease_until > now and owner_alive(owner):
+        raise LockedError(
+            f"run {run_id} is driven by pid {owner['pid']} on {owner['host']}; "
+            "wait for it to end, or stop it first"
+        )
+
+
 def acquire(store: Store, run_id: str, lease: float) -> tuple[int, bool]:
     """Take the run's lease: the new epoch, and whether a dead owner held it."""
     with store.write() as txn:
@@ -53,12 +65,8 @@ def acquire(store: Store, run_id: str, lease: float) -> tuple[int, bool]:
             (run_id,),
         ).fetchone()
         epoch, owner_text, lease_until, status = row
+        refuse_if_held(run_id, owner_text, lease_until, txn.now)
         owner = json.loads(owner_text) if owner_text else None
-        if owner and lease_until > txn.now and owner_alive(owner):
-            raise LockedError(
-                f"run {run_id} is driven by pid {owner['pid']} on {owner['host']}; "
-                "wait for it to end, or stop it first"
-            )
         crashed = status in ("running", "compensating") and owner is not None
         txn.update_run(
             run_id,

@@ -110,9 +110,14 @@ def test_resume_of_a_finished_run_has_nothing_to_do(runner, workflow, ledger):
     assert runner("run", str(path), "--run-id", "r1").returncode == 0
 
     done = runner("resume", "r1")
+    newest = runner("resume")
 
     assert done.returncode == 0, done.stderr
     assert "nothing to do" in (done.stdout + done.stderr).lower()
+    assert newest.returncode == 0, newest.stderr
+    assert newest.stdout.strip() == (
+        "no running or compensating or interrupted run to continue; nothing to do"
+    )
     assert ledger.count("a") == 1
 
 

@@ -502,6 +502,28 @@ def test_a_step_waiting_for_redrive_shows_its_history_and_output_tail(
     assert "      | HTTP/1.1 503" in text
     assert "waiting for: runner redrive q1" in text
     assert text.count("history:") == 1
+    assert (flaky["redrive"], steps["fine"]["redrive"]) == (True, False)
+
+
+def test_a_compensated_runs_failed_step_is_not_shown_waiting_for_redrive(
+    runner, workflow
+):
+    """A permanent failure compensates: nothing of the run waits for redrive."""
+    path = workflow(
+        {
+            "version": 1,
+            "name": "turned",
+            "steps": {"call": {"run": "echo 'HTTP/1.1 403 Forbidden'; exit 1"}},
+        }
+    )
+    assert runner("run", str(path), "--run-id", "c1").returncode == 1
+
+    step = runner.steps("c1")["call"]
+    text = runner("status", "c1").stdout
+
+    assert (step["status"], step["redrive"], step["tail"]) == ("failed", False, None)
+    assert "waiting for" not in text
+    assert "reason: step call failed (permanent:" in text
 
 
 @pytest.mark.parametrize(
