@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from runner.errors import UsageError
@@ -34,6 +37,27 @@ def check_file(path: str, *, strict: bool = False) -> Report:
 
 def check_text(path: str, text: str, *, strict: bool = False) -> Report:
     """As check_file, for the text of `path` (a run's stored copy, say)."""
+    with _cycle_collection_paused():
+        return _check_text(path, text, strict=strict)
+
+
+@contextmanager
+def _cycle_collection_paused() -> Iterator[None]:
+    """Checking builds many objects and few cycles: collect them once, after.
+
+    Left on, the collector walks the growing node tree again and again, which
+    made a 10,000-step file cost 13 times a 1,000-step one instead of 10.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _check_text(path: str, text: str, *, strict: bool) -> Report:
     from runner.spec.checks import semantic_problems
     from runner.spec.schema import schema_problems
     from runner.spec.yamlload import Document, LoadError, parse, to_data
