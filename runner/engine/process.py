@@ -127,21 +127,21 @@ class _CannotStart(Exception):
 
 @dataclass
 class _Stream:
-    """One output stream: its log file, its byte counts and its tail."""
+    """One output stream: its log file, its byte counts and its tail.
 
-    log: int
+    The file is created with the first byte of output: most steps print
+    nothing, and creating two files per attempt cost more than the rest of
+    an attempt's bookkeeping together. No output, no file (`runner logs`
+    shows nothing for it either way).
+    """
+
+    path: str
     max_bytes: int
     tail_bytes: int
+    log: int = -1
     total: int = 0
     kept: int = 0
     tail: bytearray = field(default_factory=bytearray)
-
-    @classmethod
-    def open(cls, path: str, max_bytes: int, tail_bytes: int) -> _Stream:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
-        log = os.open(path, flags, 0o600)
-        os.fchmod(log, 0o600)  # a file that existed keeps its mode otherwise
-        return cls(log, max_bytes, tail_bytes)
 
     def feed(self, data: bytes) -> None:
         self.total += len(data)
@@ -149,6 +149,8 @@ class _Stream:
         room = self.max_bytes - self.kept
         if room > 0:
             try:
+                if self.log < 0:
+                    self.log = _create_log(self.path)
                 _write_all(self.log, data[:room])
                 self.kept += min(room, len(data))
             except OSError:
@@ -166,6 +168,8 @@ class _Stream:
         return bytes(self.tail[-self.tail_bytes :])
 
     def close(self) -> None:
+        if self.log < 0:
+            return
         dropped = self.total - self.kept
         try:
             if dropped:
@@ -174,6 +178,13 @@ class _Stream:
             pass  # the log is short either way; the totals are in the result
         finally:
             os.close(self.log)
+
+
+def _create_log(path: str) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+    log = os.open(path, flags, 0o600)
+    os.fchmod(log, 0o600)  # a file that existed keeps its mode otherwise
+    return log
 
 
 @dataclass
@@ -213,16 +224,16 @@ class Attempt:
         """Run the command; return once its whole process group is gone.
 
         Raises what `on_started` raises, after killing the group (the command
-        itself never started). Log files that cannot be opened raise OSError.
+        itself never started).
         """
         self._begin()
         started = time.monotonic()
 
         spec = self.spec
         with ExitStack() as stack:
-            out = _Stream.open(spec.stdout_path, spec.max_log_bytes, spec.tail_bytes)
+            out = _Stream(spec.stdout_path, spec.max_log_bytes, spec.tail_bytes)
             stack.callback(out.close)
-            err = _Stream.open(spec.stderr_path, spec.max_log_bytes, spec.tail_bytes)
+            err = _Stream(spec.stderr_path, spec.max_log_bytes, spec.tail_bytes)
             stack.callback(err.close)
             outcome = self._execute(out, err, stack)
 

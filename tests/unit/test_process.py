@@ -56,11 +56,16 @@ def run(
 
 
 def stdout_of(tmp_path: Path) -> bytes:
-    return (tmp_path / "stdout.log").read_bytes()
+    return _log(tmp_path / "stdout.log")
 
 
 def stderr_of(tmp_path: Path) -> bytes:
-    return (tmp_path / "stderr.log").read_bytes()
+    return _log(tmp_path / "stderr.log")
+
+
+def _log(path: Path) -> bytes:
+    """A log's bytes; a stream that printed nothing has no file."""
+    return path.read_bytes() if path.exists() else b""
 
 
 def live_members(pgid: int) -> list[int]:
@@ -341,11 +346,20 @@ def test_log_files_are_private(tmp_path: Path) -> None:
     (tmp_path / "stdout.log").write_bytes(b"old")
     (tmp_path / "stdout.log").chmod(0o644)
 
-    run(tmp_path, "echo new")
+    run(tmp_path, "echo new; echo err >&2")
 
     for name in ("stdout.log", "stderr.log"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
     assert stdout_of(tmp_path) == b"new\n"
+
+
+def test_a_silent_stream_makes_no_log_file(tmp_path: Path) -> None:
+    """No output, no file: most steps print nothing, and files cost time."""
+    result = run(tmp_path, "echo out")
+
+    assert result.exit_code == 0
+    assert (tmp_path / "stdout.log").exists()
+    assert not (tmp_path / "stderr.log").exists()
 
 
 def test_output_of_50_mb_keeps_rss_small(tmp_path: Path) -> None:
