@@ -27,7 +27,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +147,7 @@ def instrument() -> None:
 
     wrap(jobs.Job, "_work", "job thread: whole attempt")
     wrap(process.Attempt, "__init__", "  Attempt() (token)")
-    wrap(process._Stream, "open", "  open 2 log files")
+    wrap_function(process, "_create_log", "  create a log file (first output)")
     wrap(process.Attempt, "_spawn", "  spawn (pipes, argv, Popen)")
     ORDER.append("    Popen (fork+exec)")
     wrap(process.Attempt, "_announce", "  announce (read /proc stat)")
@@ -170,19 +169,11 @@ def instrument() -> None:
 def what_if(names: list[str], concurrency: int) -> None:
     """Patch in a candidate change, to measure its gain before making it.
 
-    pool: jobs run on `concurrency` long-lived threads, not a thread each.
     normal: synchronous=NORMAL (not durable on power loss: only to size fsync).
     switch: a 0.5 ms GIL switch interval instead of 5 ms, to size GIL hand-offs.
     """
     if "switch" in names:
         sys.setswitchinterval(0.0005)
-    if "pool" in names:
-        executor = ThreadPoolExecutor(max_workers=concurrency)
-
-        def start(self: jobs.Job, done: Any) -> None:
-            executor.submit(self._work, done)
-
-        jobs.Job.start = start  # type: ignore[method-assign]
     if "normal" in names:
         opened = store.Store._open
 
@@ -258,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         dest="changes",
         action="append",
         default=[],
-        choices=("pool", "normal", "switch"),
+        choices=("normal", "switch"),
         help="measure with a candidate change patched in (see what_if)",
     )
     parser.add_argument("--out", type=Path, default=OUT)

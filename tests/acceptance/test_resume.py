@@ -253,7 +253,8 @@ def test_a_crash_loop_ends_the_run_failed_after_max_recoveries(
     path = workflow(
         {"version": 1, "name": "loop", "steps": {"a": {"run": ledger.command("a", 1)}}}
     )
-    crash(runner, "run", str(path), "--run-id", "r1")
+    # Before the spawn: a kill just after it may race the step's first write.
+    crash(runner, "run", str(path), "--run-id", "r1", point="step.after_start_commit")
     env = {"RUNNER_CRASHPOINT": "resume.after_reconcile", "RUNNER_MAX_RECOVERIES": "2"}
     codes = [runner("resume", "r1", env=env).returncode for _ in range(3)]
 
