@@ -94,18 +94,25 @@ def run(
 
 def _stored_and_current(run: dict[str, Any], accept: bool, original: bool) -> Workflow:
     from runner.engine.lifecycle import choose_workflow
-    from runner.spec.validate import InvalidWorkflow, check_file, check_text
+    from runner.spec.validate import (
+        InvalidWorkflow,
+        check_file,
+        check_text,
+        read_source,
+    )
 
     stored_report = check_text(run["path"], run["source"])
-    if stored_report.workflow is None:
+    stored = stored_report.workflow
+    if stored is None:
         raise UsageError(f"the stored copy of run {run['run_id']} no longer validates")
-    current = None
-    if not original and os.path.exists(run["path"]):
-        report = check_file(run["path"])
-        if report.workflow is None and accept:
-            raise InvalidWorkflow(report)
-        current = report.workflow
-    return choose_workflow(run, stored_report.workflow, current, accept, original)
+    if original or not os.path.exists(run["path"]):
+        return choose_workflow(run, stored, None, accept, original)
+    if read_source(run["path"]) == run["source"]:
+        return stored  # unchanged: validating it again would only cost time
+    report = check_file(run["path"])
+    if report.workflow is None and accept:
+        raise InvalidWorkflow(report)
+    return choose_workflow(run, stored, report.workflow, accept, original)
 
 
 _accept = click.option(

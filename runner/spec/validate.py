@@ -35,6 +35,16 @@ def check_file(path: str, *, strict: bool = False) -> Report:
     return check_text(path, text, strict=strict)
 
 
+def read_source(path: str) -> str | None:
+    """The text of `path` as check_file reads it; None when it cannot be read."""
+    from runner.spec.yamlload import LoadError, decode, read_bounded
+
+    try:
+        return decode(read_bounded(path))
+    except LoadError:
+        return None
+
+
 def check_text(path: str, text: str, *, strict: bool = False) -> Report:
     """As check_file, for the text of `path` (a run's stored copy, say)."""
     with _cycle_collection_paused():
