@@ -350,7 +350,7 @@ class Driver:
         state.seq += 1
         now = time.time()
         number = (state.attempts if kind == "run" else state.comp_attempts) + 1
-        token = f"{self.run_id}/{step.name}/{state.seq}"
+        token = jobs.attempt_token(self.store.key, self.run_id, step.name, state.seq)
         prefix = jobs.attempt_prefix(
             self.store.state_dir, self.run_id, step.name, state.seq, kind
         )

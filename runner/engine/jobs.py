@@ -21,6 +21,15 @@ TOKEN_VAR = "RUNNER_ATTEMPT_TOKEN"
 left running, even a process started just before the crash."""
 
 
+def attempt_token(store_key: str, run_id: str, step: str, seq: int) -> str:
+    """The mark of one attempt's processes: STORE/RUN/STEP/SEQ.
+
+    The store's key is part of it: two state directories may hold runs of
+    the same id, and a resume in one must never end the other's processes.
+    """
+    return f"{store_key}/{run_id}/{step}/{seq}"
+
+
 @dataclass(frozen=True)
 class Launch:
     """Everything a job needs to run, decided and recorded by the engine."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from runner.engine import breakers, ownership
+from runner.engine import breakers, jobs, ownership
 from runner.engine.crashpoints import crashpoint
 from runner.engine.driver import LEASE_SECONDS, Driver, Reporter
 from runner.engine.values import parse_params
@@ -231,7 +231,8 @@ def _reconcile(
         step = workflow.steps.get(row["name"])
         if row["status"] in ("running", "compensating") and row["due_at"] is None:
             grace = step.kill_grace if step else 5.0
-            ownership.kill_leftovers(run_id, row["name"], row["seq"], grace)
+            token = jobs.attempt_token(store.key, run_id, row["name"], row["seq"])
+            ownership.kill_leftovers(token, grace)
     run = store.run(run_id)
     assert run is not None
     back = _turned_back(store, run)

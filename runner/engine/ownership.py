@@ -78,13 +78,14 @@ def acquire(store: Store, run_id: str, lease: float) -> tuple[int, bool]:
     return epoch + 1, crashed
 
 
-def kill_leftovers(run_id: str, step: str, seq: int, grace: float) -> list[int]:
+def kill_leftovers(token: str, grace: float) -> list[int]:
     """End every process of an attempt a dead runner left behind.
 
-    Each process of an attempt carries its token in its environment, so this
-    finds even one started just before the crash, and escapees from the group.
+    Each process of an attempt carries its token (`jobs.attempt_token`) in its
+    environment, so this finds even one started just before the crash, and
+    escapees from the group.
     """
-    entry = f"{TOKEN_VAR}={run_id}/{step}/{seq}".encode()
+    entry = f"{TOKEN_VAR}={token}".encode()
     groups = {
         process.pgrp
         for process in procinfo.iter_processes()

@@ -22,6 +22,7 @@ PostgreSQL store can share it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -175,6 +176,8 @@ class Store:
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, "state.db")
+        self.key = hashlib.sha256(os.path.realpath(state_dir).encode()).hexdigest()[:12]
+        """Tells this store's runs from another's of the same id on this machine."""
         self.lock_timeout = _lock_timeout()
         self.broken: str | None = None
         """Why writes stopped: after a failed commit the connection is closed,

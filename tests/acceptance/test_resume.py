@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import processes_with, wait_gone
+from support import Ledger, processes_with, wait_gone
 
 LEASE = {"RUNNER_LEASE_SECONDS": "1"}
 
@@ -288,6 +288,28 @@ def test_on_crash_fail_step_is_failed_not_rerun_after_a_crash(
     assert steps["last"]["status"] == "pending"
     assert ledger.count("slow") == 1
     assert ledger.count("last") == 0
+
+
+def test_a_resume_never_ends_another_stores_run_of_the_same_id(
+    runner, workflow, tmp_path
+):
+    """Two state directories, one run id and step: resume leaves the other alone."""
+    mine, theirs = Ledger(tmp_path / "mine.txt"), Ledger(tmp_path / "theirs.txt")
+    steps = {"slow": {"run": theirs.command("slow", 3000)}}
+    other = workflow({"version": 1, "name": "twin", "steps": steps}, "other.yaml")
+    steps = {"slow": {"run": mine.command("slow", 10)}}
+    path = workflow({"version": 1, "name": "twin", "steps": steps})
+    alive = runner.start("run", str(other), "--run-id", "r1", state=tmp_path / "s2")
+    theirs.wait_for("slow")
+    crash(runner, "run", str(path), "--run-id", "r1", point="step.after_start_commit")
+
+    resumed = runner("resume", "r1")
+
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    code, output = finish(alive)
+    assert code == 0, output
+    assert [entry.event for entry in theirs.entries()] == ["start", "end"]
+    assert mine.count("slow") == 1
 
 
 # One driver per run (FAULTS C1-C3) ------------------------------------------------
