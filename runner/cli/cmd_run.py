@@ -173,7 +173,8 @@ def redrive(
     concurrency: int | None,
 ) -> None:
     """Re-run failed steps (or failed compensations) with fresh retry budgets."""
-    from runner.engine.lifecycle import REDRIVABLE, nothing_to, pick_run
+    from runner.engine.lifecycle import nothing_to, pick_run
+    from runner.engine.stats import REDRIVABLE
 
     if all_runs and run_id:
         raise UsageError("give a RUN_ID or --all, not both")

@@ -47,21 +47,14 @@ def _run_json(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-REDRIVE_QUEUE = ("failed", "compensation_failed")
-"""Run statuses whose steps of the same status wait for `runner redrive`."""
-
-
-def waits_for_redrive(run_status: str, step_status: str) -> bool:
-    """A failed step of a failed run, a failed compensation of such a run."""
-    return run_status in REDRIVE_QUEUE and step_status == run_status
-
-
 def _step_json(
     row: dict[str, Any], history: list[dict[str, Any]], run_status: str
 ) -> dict[str, Any]:
     duration = None
     if row["first_started_at"] and row["ended_at"]:
         duration = round(row["ended_at"] - row["first_started_at"], 3)
+    from runner.engine.stats import waits_for_redrive
+
     queued = waits_for_redrive(run_status, row["status"])
     tail = None
     if queued:

@@ -22,6 +22,7 @@ from typing import Any
 from runner.engine import breakers, jobs, ownership
 from runner.engine.crashpoints import crashpoint
 from runner.engine.driver import LEASE_SECONDS, Driver, Reporter
+from runner.engine.stats import REDRIVABLE
 from runner.engine.values import parse_params
 from runner.errors import ChangedError, ExitCode, UsageError
 from runner.spec.model import OnCrash, Workflow
@@ -235,8 +236,7 @@ def _reconcile(
             ownership.kill_leftovers(token, grace)
     run = store.run(run_id)
     assert run is not None
-    back = _turned_back(store, run)
-    undoing = _cut_short_compensations(store, run_id, steps) if back else set()
+    back, undoing = _backward_work(store, run, steps)
     with store.write(run_id, epoch) as txn:
         if crashed:
             txn.update_run(run_id, recoveries=run["recoveries"] + 1)
@@ -254,6 +254,15 @@ def _reconcile(
                 _reopen(txn, run_id, row, workflow)
         _adopt(txn, run, workflow, steps)
         txn.event("run.resumed", run_id, after_crash=crashed)
+
+
+def _backward_work(
+    store: Store, run: dict[str, Any], steps: list[dict[str, Any]]
+) -> tuple[bool, set[str]]:
+    """Whether the run was compensating, and the compensations cut short."""
+    if not _turned_back(store, run):
+        return False, set()
+    return True, _cut_short_compensations(store, run["run_id"], steps)
 
 
 def _turned_back(store: Store, run: dict[str, Any]) -> bool:
@@ -325,8 +334,7 @@ def _give_up(store: Store, run_id: str, epoch: int) -> ExitCode:
     run = store.run(run_id)
     assert run is not None
     steps = store.steps(run_id)
-    back = _turned_back(store, run)
-    undoing = _cut_short_compensations(store, run_id, steps) if back else set()
+    back, undoing = _backward_work(store, run, steps)
     status = "compensation_failed" if back else "failed"
     with store.write(run_id, epoch) as txn:
         for row in steps:
@@ -349,8 +357,6 @@ def _give_up(store: Store, run_id: str, epoch: int) -> ExitCode:
 
 
 # Redrive ---------------------------------------------------------------------
-
-REDRIVABLE = ("failed", "compensation_failed")
 
 
 def check_redrivable(store: Store, run_id: str) -> dict[str, Any]:
@@ -422,7 +428,7 @@ def _reopen_for_redrive(
     run_id = run["run_id"]
     backward = run["status"] == "compensation_failed"
     _adopt(txn, run, workflow, store.steps(run_id))
-    for row in store.steps(run_id):
+    for row in store.steps(run_id):  # read again: adopting may remove steps
         if backward and row["status"] == "compensation_failed":
             txn.update_step(
                 run_id,

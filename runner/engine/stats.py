@@ -7,6 +7,14 @@ from typing import Any
 
 from runner.store.sqlite import Store
 
+REDRIVABLE = ("failed", "compensation_failed")
+"""Run statuses `runner redrive` takes; their steps of the same status wait."""
+
+
+def waits_for_redrive(run_status: str, step_status: str) -> bool:
+    """A failed step of a failed run, a failed compensation of such a run."""
+    return run_status in REDRIVABLE and step_status == run_status
+
 
 def recovery_stats(store: Store) -> dict[str, Any]:
     rows = store.select(
@@ -50,10 +58,10 @@ def _count(totals: dict[str, Any], kind: str, detail: dict[str, Any]) -> None:
 
 
 def _pending_redrive(store: Store) -> int:
+    marks = ", ".join("?" * len(REDRIVABLE))
     rows = store.select(
         "SELECT COUNT(*) FROM steps JOIN runs ON runs.run_id = steps.run_id "
-        "WHERE (runs.status = 'failed' AND steps.status = 'failed') "
-        "OR (runs.status = 'compensation_failed' "
-        "AND steps.status = 'compensation_failed')"
+        f"WHERE runs.status IN ({marks}) AND steps.status = runs.status",
+        REDRIVABLE,
     )
     return int(rows[0][0])

@@ -59,16 +59,6 @@ def reached(
     ]
 
 
-def ready_to_compensate(
-    needs: Mapping[str, Sequence[str]],
-    status: Mapping[str, str],
-    has_compensation: Mapping[str, bool],
-) -> list[str]:
-    """Succeeded steps with a compensation whose dependents are all done."""
-    front = reached(needs, status, has_compensation)
-    return [name for name in front if has_compensation[name]]
-
-
 def blockers(
     needs: Mapping[str, Sequence[str]], status: Mapping[str, str]
 ) -> dict[str, list[str]]:

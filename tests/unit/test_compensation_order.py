@@ -7,12 +7,16 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.policy.compensation import (
-    backward_done,
-    blockers,
-    reached,
-    ready_to_compensate,
-)
+from runner.policy.compensation import backward_done, blockers, reached
+
+
+def ready_to_compensate(
+    needs: dict[str, tuple[str, ...]],
+    status: dict[str, str],
+    has_compensation: dict[str, bool],
+) -> list[str]:
+    """What the driver queues: the reached steps that have a compensation."""
+    return [n for n in reached(needs, status, has_compensation) if has_compensation[n]]
 
 
 def simulate(
