@@ -19,7 +19,6 @@ from __future__ import annotations
 import heapq
 import json
 import os
-import queue
 import random
 import signal
 import time
@@ -32,6 +31,7 @@ from runner.engine import breakers, jobs, values
 from runner.engine.crashpoints import crashpoint
 from runner.engine.jobs import Job, Launch
 from runner.engine.process import AttemptResult
+from runner.engine.reactor import Reactor
 from runner.errors import ExitCode, LockedError, StoreError
 from runner.policy.backoff import decide_retry
 from runner.policy.classify import Classification, Failure, classify
@@ -103,7 +103,9 @@ class Driver:
         self.needs = {name: step.needs for name, step in workflow.steps.items()}
         self.dependents = dependents_of(self.needs)
         self.writes: list[Write] = []
-        self.done: queue.Queue[Job] = queue.Queue()
+        self.reactor = Reactor()
+        self.ended: list[Job] = []
+        """Jobs that finished during the last poll of the reactor."""
         self.running: dict[str, Job] = {}
         self.pool_use: dict[str | None, int] = {}
         self.ready: dict[str | None, deque[str]] = {
@@ -130,6 +132,8 @@ class Driver:
         except (LockedError, StoreError):
             self._abandon()
             raise
+        finally:
+            self.reactor.close()
 
     def _abandon(self) -> None:
         """Fenced out, or the store failed: end our attempts, record nothing."""
@@ -137,11 +141,8 @@ class Driver:
             job.interrupt(signal.SIGKILL)
         deadline = time.monotonic() + 10
         while self.running and time.monotonic() < deadline:
-            try:
-                job = self.done.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if job is not _WAKE:
+            self.reactor.poll(0.1)
+            for job in self._take_ended():
                 self.running.pop(job.launch.step, None)
 
     def _loop(self) -> ExitCode:
@@ -159,7 +160,7 @@ class Driver:
     def request_stop(self, signum: int) -> None:
         """From a signal handler: stop at the next turn of the loop."""
         self.stop_signal = signum
-        self.done.put_nowait(_WAKE)
+        self.reactor.wakeup()
 
     def _prepare(self) -> None:
         for name, state in self.states.items():
@@ -184,18 +185,26 @@ class Driver:
                 self._enqueue(name)
 
     def _collect(self, *, block: bool) -> None:
-        timeout = self._wait_time() if block else 0.0
-        try:
-            job = self.done.get(timeout=timeout) if block else self.done.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            if job is not _WAKE:
-                self._finished(job)
-            try:
-                job = self.done.get_nowait()
-            except queue.Empty:
-                return
+        """Handle the jobs that ended; with `block`, wait for one first, for
+        a signal, or until the next retry or lease renewal is due."""
+        if block:
+            due = time.monotonic() + self._wait_time()
+            while not self.ended and self.stop_signal is None:
+                left = due - time.monotonic()
+                if left <= 0:
+                    break
+                self.reactor.poll(left)
+        else:
+            self.reactor.poll(0.0)
+        for job in self._take_ended():
+            self._finished(job)
+
+    def _job_ended(self, job: Job) -> None:
+        self.ended.append(job)  # the list of now: _take_ended swaps it
+
+    def _take_ended(self) -> list[Job]:
+        ended, self.ended = self.ended, []
+        return ended
 
     def _wait_time(self) -> float:
         wait = LEASE_SECONDS / 3
@@ -426,7 +435,7 @@ class Driver:
         for launch in launches:
             job = Job(launch)
             self.running[launch.step] = job
-            job.start(self.done)
+            job.start(self.reactor, self._job_ended)
         if launches:
             crashpoint("step.after_spawn")
 
@@ -779,8 +788,8 @@ class Driver:
         for job in list(self.running.values()):
             job.interrupt(signum)
         while self.running:
-            job = self.done.get()
-            if job is not _WAKE:
+            self.reactor.poll(None)
+            for job in self._take_ended():
                 self.running.pop(job.launch.step, None)
                 self._report_circuit(job.launch.step, None)
                 self._interrupted(job)
@@ -827,15 +836,6 @@ class _StepViews(Mapping[str, expressions.StepView]):
 
     def __len__(self) -> int:
         return len(self.states)
-
-
-class _Wake:
-    """Put on the queue to wake the loop without an outcome."""
-
-    launch: Launch
-
-
-_WAKE: Any = _Wake()
 
 
 def _state(step: Step, row: dict[str, Any]) -> StepState:

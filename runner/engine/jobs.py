@@ -1,19 +1,21 @@
-"""A job: one attempt of a step or of its compensation, run in a worker thread.
+"""A job: one attempt of a step or of its compensation, on the engine's reactor.
 
 The engine decides and records; a job only runs processes: the step's `check`
-first (exit 0 means the work is done), then the command. Its outcome goes back
-to the engine through a queue; the engine's thread alone touches the store.
+first (exit 0 means the work is done), then the command. Both run on the
+driver's reactor, so a job costs no thread; its outcome goes back to the
+engine through a callback on that same thread, the only one that touches the
+store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runner.engine.process import Attempt, AttemptResult, AttemptSpec
+from runner.engine.reactor import Reactor
 from runner.spec.model import Command
 
 TOKEN_VAR = "RUNNER_ATTEMPT_TOKEN"
@@ -63,38 +65,33 @@ class Job:
     outcome: Outcome = field(default_factory=Outcome)
     _attempt: Attempt | None = None
     _stopped: int | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _reactor: Reactor | None = None
+    _done: Callable[[Job], None] | None = None
 
-    def start(self, done: queue.Queue[Job]) -> None:
-        """Run in a worker thread; the finished job is put on `done`."""
-        _WORKERS.submit(self, done)
+    def start(self, reactor: Reactor, done: Callable[[Job], None]) -> None:
+        """Start on `reactor`; `done` gets the finished job on its thread."""
+        self._reactor, self._done = reactor, done
+        launch = self.launch
+        if launch.check is not None:
+            self._begin(launch.check, launch.log_prefix + ".check", self._checked)
+        else:
+            self._begin(launch.command, launch.log_prefix, self._ran)
 
     def interrupt(self, sig: int) -> None:
-        with self._lock:
-            self._stopped = sig
-            attempt = self._attempt
-        if attempt is not None:
-            attempt.interrupt(sig)
+        self._stopped = sig
+        if self._attempt is not None:
+            self._attempt.interrupt(sig)
 
     @property
     def interrupted(self) -> bool:
         return self._stopped is not None
 
-    def _work(self) -> None:
-        try:
-            self.outcome = self._execute()
-        except Exception as error:  # reported as the step's failure, with its text
-            self.outcome = Outcome(error=f"{type(error).__name__}: {error}")
-
-    def _execute(self) -> Outcome:
-        launch = self.launch
-        if launch.check is not None:
-            checked = self._run(launch.check, launch.log_prefix + ".check")
-            if checked.exit_code == 0 and not checked.timed_out:
-                return Outcome(skipped_by_check=True)
-        return Outcome(result=self._run(launch.command, launch.log_prefix))
-
-    def _run(self, command: Command, prefix: str) -> AttemptResult:
+    def _begin(
+        self,
+        command: Command,
+        prefix: str,
+        then: Callable[[AttemptResult | BaseException], None],
+    ) -> None:
         launch = self.launch
         spec = AttemptSpec(
             command=command,
@@ -105,13 +102,37 @@ class Job:
             stdout_path=prefix + ".stdout",
             stderr_path=prefix + ".stderr",
         )
-        attempt = Attempt(spec)
-        with self._lock:
-            self._attempt = attempt
-            stopped = self._stopped
-        if stopped is not None:
-            attempt.interrupt(stopped)
-        return attempt.run()
+        attempt = self._attempt = Attempt(spec)
+        if self._stopped is not None:
+            attempt.interrupt(self._stopped)
+        assert self._reactor is not None
+        try:
+            attempt.start(self._reactor, then)
+        except Exception as error:  # reported as the step's failure, with its text
+            self._settle(_error(error))
+
+    def _checked(self, checked: AttemptResult | BaseException) -> None:
+        if isinstance(checked, BaseException):
+            self._settle(_error(checked))
+        elif checked.exit_code == 0 and not checked.timed_out:
+            self._settle(Outcome(skipped_by_check=True))
+        else:
+            self._begin(self.launch.command, self.launch.log_prefix, self._ran)
+
+    def _ran(self, result: AttemptResult | BaseException) -> None:
+        if isinstance(result, BaseException):
+            self._settle(_error(result))
+        else:
+            self._settle(Outcome(result=result))
+
+    def _settle(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        assert self._done is not None
+        self._done(self)
+
+
+def _error(error: BaseException) -> Outcome:
+    return Outcome(error=f"{type(error).__name__}: {error}")
 
 
 def attempt_prefix(state_dir: str, run_id: str, step: str, seq: int, kind: str) -> str:
@@ -131,42 +152,3 @@ def run_log_dir(state_dir: str, run_id: str) -> str:
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)
     return path
-
-
-class _Workers:
-    """Threads that run jobs, kept from one job to the next.
-
-    Starting a thread per attempt cost a third of a millisecond of the
-    driver's time (the new thread's handshake under the GIL); a worker
-    waiting on a queue costs nothing. There are as many as jobs ever ran at
-    once, and they are daemons: they never keep the runner alive.
-    """
-
-    def __init__(self) -> None:
-        self.tasks: queue.SimpleQueue[tuple[Job, queue.Queue[Job]]] = (
-            queue.SimpleQueue()
-        )
-        self.idle = 0
-        self.lock = threading.Lock()
-
-    def submit(self, job: Job, done: queue.Queue[Job]) -> None:
-        with self.lock:
-            grow = self.idle == 0
-            if not grow:
-                self.idle -= 1
-        if grow:
-            threading.Thread(target=self._serve, daemon=True).start()
-        self.tasks.put((job, done))
-
-    def _serve(self) -> None:
-        while True:
-            job, done = self.tasks.get()
-            job._work()
-            # Idle before the engine hears of the end, so the next job it
-            # starts finds this worker instead of starting another.
-            with self.lock:
-                self.idle += 1
-            done.put(job)
-
-
-_WORKERS = _Workers()

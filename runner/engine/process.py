@@ -10,11 +10,16 @@ The child waits at a gate until `on_started` has returned: the engine records
 the process identity durably before the step does any work, so that `resume`
 can always find what a dead runner left behind (`kill_leftover`).
 
-Nothing here installs signal handlers or changes signal masks; an `Attempt`
-is driven by one worker thread and may be interrupted from any other. A child
-inherits the signal mask of the thread that runs it, so run attempts from
-threads that block no signals: a step with SIGTERM blocked would only stop at
-the SIGKILL after kill_grace.
+Attempts run on a `Reactor`: the engine starts all of a run's attempts on its
+own thread, which waits on every output pipe and every leader's pidfd at once;
+`Attempt.run` is the same on a reactor of its own. Only the rare full sweep of
+/proc (after a timeout, an interrupt, or pipes held open by a leftover) runs
+on a short-lived thread, because it sleeps while killed processes go.
+
+Nothing here installs signal handlers or changes signal masks; an attempt may
+be interrupted from any thread. A child inherits the signal mask of the thread
+that starts it, so start attempts from threads that block no signals: a step
+with SIGTERM blocked would only stop at the SIGKILL after kill_grace.
 """
 
 from __future__ import annotations
@@ -22,13 +27,13 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-import selectors
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from subprocess import Popen
 
@@ -39,6 +44,7 @@ from runner.engine.procinfo import (
     enable_subreaper,
     kill_leftover,
 )
+from runner.engine.reactor import Reactor
 
 __all__ = [
     "TRACKING_VAR",
@@ -196,7 +202,12 @@ class _Outcome:
 
 
 class Attempt:
-    """One run of one command; `run` in a worker thread, `interrupt` anywhere."""
+    """One run of one command.
+
+    `start` it on a `Reactor` (the engine's way: every attempt on the driver's
+    thread), or `run` it to its end on a reactor of its own. `interrupt` may
+    come from any thread.
+    """
 
     def __init__(
         self,
@@ -207,10 +218,10 @@ class Attempt:
         self._on_started = on_started
         self._token = secrets.token_hex(16)
         self._lock = threading.Lock()
-        # Guarded by _lock: interrupt() reads them from another thread.
+        # Guarded by _lock: interrupt() reads and writes them from any thread.
         self._begun = False
+        self._reactor: Reactor | None = None
         self._pgid: int | None = None
-        self._wake: int | None = None
         self._leader_exited = False
         self._reaped = False
         self._interrupted = False
@@ -218,7 +229,24 @@ class Attempt:
         """Asked for before the group existed: sent as soon as it does."""
         self._kill_at: float | None = None
         self._sent: list[str] = []
-        self._start_time = 0  # of the leader, in clock ticks
+        # The reactor's thread alone uses the rest.
+        self._done: Callable[[AttemptResult | BaseException], None] | None = None
+        self._proc: Popen[bytes] | None = None
+        self._pidfd: int | None = None
+        self._pipes: dict[int, _Stream] = {}
+        """The output pipes still open, each with the stream it feeds."""
+        self._out = _Stream(spec.stdout_path, spec.max_log_bytes, spec.tail_bytes)
+        self._err = _Stream(spec.stderr_path, spec.max_log_bytes, spec.tail_bytes)
+        self._started = 0.0
+        self._deadline: float | None = None
+        self._timed_out = False
+        self._next_look: float | None = None
+        """Without a pidfd: when to look again whether the leader exited."""
+        self._pipes_due: float | None = None
+        """After the leader's exit: how long the pipes may stay open before
+        the full sweep of /proc is used instead."""
+        self._sweeping = False
+        self._finished = False
 
     def run(self) -> AttemptResult:
         """Run the command; return once its whole process group is gone.
@@ -226,23 +254,72 @@ class Attempt:
         Raises what `on_started` raises, after killing the group (the command
         itself never started).
         """
-        self._begin()
-        started = time.monotonic()
+        reactor = Reactor()
+        ended: list[AttemptResult | BaseException] = []
+        try:
+            self.start(reactor, ended.append)
+            while not ended:
+                reactor.poll(None)
+        finally:
+            if not ended:
+                self._abort()
+            reactor.close()
+        if isinstance(ended[0], BaseException):
+            raise ended[0]
+        return ended[0]
 
-        spec = self.spec
-        with ExitStack() as stack:
-            out = _Stream(spec.stdout_path, spec.max_log_bytes, spec.tail_bytes)
-            stack.callback(out.close)
-            err = _Stream(spec.stderr_path, spec.max_log_bytes, spec.tail_bytes)
-            stack.callback(err.close)
-            outcome = self._execute(out, err, stack)
+    def start(
+        self, reactor: Reactor, done: Callable[[AttemptResult | BaseException], None]
+    ) -> None:
+        """Start the command on `reactor`; `done` gets the result, or the
+        unexpected error that ended the attempt, on the reactor's thread.
 
-        return self._result(outcome, out, err, time.monotonic() - started)
+        A command that cannot start, or an attempt interrupted before it
+        started, calls `done` before this returns. Raises what `on_started`
+        raises, after killing the group; `done` is not called then.
+        """
+        with self._lock:
+            if self._begun:
+                raise RuntimeError("an Attempt runs only once")
+            self._begun = True
+            self._reactor = reactor
+            interrupted = self._interrupted
+        self._done = done
+        self._started = time.monotonic()
+        if interrupted:
+            self._end(_Outcome())
+            return
+
+        try:
+            proc, out_r, err_r, gate = self._spawn()
+        except _CannotStart as exc:
+            self._end(_Outcome(spawn_error=str(exc)))
+            return
+        self._proc = proc
+        for fd, stream in ((out_r, self._out), (err_r, self._err)):
+            os.set_blocking(fd, False)
+            self._pipes[fd] = stream
+        try:
+            self._announce(proc.pid, gate)
+        except BaseException:
+            self._abort()
+            raise
+
+        for fd in self._pipes:
+            reactor.watch(fd, partial(self._guarded, self._readable, fd))
+        self._pidfd = _open_pidfd(proc.pid)
+        if self._pidfd is not None:
+            reactor.watch(self._pidfd, partial(self._guarded, self._leader_seen))
+        else:
+            self._next_look = self._started + _POLL
+        if self.spec.timeout is not None:
+            self._deadline = self._started + self.spec.timeout
+        reactor.add_ticker(self)
 
     def interrupt(self, sig: int) -> None:
         """Send `sig` to the group, then SIGKILL after kill_grace if it lives.
 
-        Safe from any thread, at any time: before `run` it keeps the command
+        Safe from any thread, at any time: before `start` it keeps the command
         from starting; after the command ended it does nothing.
         """
         with self._lock:
@@ -255,42 +332,205 @@ class Attempt:
                 self._arm_kill()
             else:
                 self._pending_signal = sig
-            if self._wake is not None:
-                os.eventfd_write(self._wake, 1)
+            reactor = self._reactor
+        if reactor is not None:
+            reactor.wakeup()  # to wait no longer than the new kill deadline
 
-    # The phases of run().
+    # The reactor's side: deadlines, output, the leader's exit.
 
-    def _begin(self) -> None:
+    def deadline(self) -> float | None:
+        if self._finished or self._sweeping:
+            return None
         with self._lock:
-            if self._begun:
-                raise RuntimeError("an Attempt runs only once")
-            self._begun = True
+            due = [self._kill_at, self._pipes_due, self._next_look]
+        if not self._timed_out:
+            due.append(self._deadline)
+        times = [t for t in due if t is not None]
+        return min(times) if times else None
 
-    def _execute(self, out: _Stream, err: _Stream, stack: ExitStack) -> _Outcome:
-        with self._lock:
-            if self._interrupted:
-                return _Outcome()
-            self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        stack.callback(self._close_wake)
+    def tick(self, now: float) -> None:
+        self._guarded(self._tick, now)
 
+    def _tick(self, now: float) -> None:
+        if self._finished or self._sweeping:
+            return
+        if self._pipes_due is not None:
+            if now >= self._pipes_due:
+                self._pipes_due = None
+                self._sweep()
+            return
+        if self._leader_exited:
+            return
+        if self._next_look is not None and now >= self._next_look:
+            assert self._proc is not None
+            if _has_exited(self._proc.pid):
+                self._leader_gone()
+                return
+            self._next_look = now + _POLL
+        if self._deadline is not None and not self._timed_out and now >= self._deadline:
+            self._timed_out = True
+            self._terminate(signal.SIGTERM)
+        self._escalate(now)
+
+    def _readable(self, fd: int) -> None:
+        stream = self._pipes.get(fd)
+        if stream is None:
+            return
         try:
-            proc, out_r, err_r, gate = self._spawn(stack)
-        except _CannotStart as exc:
-            return _Outcome(spawn_error=str(exc))
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        if data:
+            stream.feed(data)
+            return
+        self._close_pipe(fd)
+        if self._pipes_due is not None and not self._pipes:
+            self._complete(())
 
-        stack.callback(self._reap, proc)
-        self._announce(proc.pid, gate)
+    def _leader_seen(self) -> None:
+        """The pidfd is readable: the leader exited (it stays a zombie)."""
+        if self._pidfd is not None:
+            assert self._reactor is not None
+            self._reactor.unwatch(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._leader_gone()
 
-        sel = selectors.DefaultSelector()
-        stack.callback(sel.close)
-        sel.register(out_r, selectors.EVENT_READ, out)
-        sel.register(err_r, selectors.EVENT_READ, err)
-        timed_out = self._supervise(proc.pid, sel, stack)
-        escaped = self._finish_group(proc.pid, sel, timed_out)
+    def _leader_gone(self) -> None:
+        """Kill what the leader left behind, then read the rest of the output.
 
-        return _Outcome(self._reap(proc), None, timed_out, escaped)
+        A step's background processes must not outlive it, so the group gets
+        SIGKILL as soon as its leader has exited, however it exited. The
+        leader stays unreaped meanwhile: its zombie keeps the pgid from being
+        reused while the group is signalled.
 
-    def _spawn(self, stack: ExitStack) -> tuple[Popen[bytes], int, int, int]:
+        The common case costs no /proc scan: no process survives the
+        SIGKILL, and once no process holds the output pipes any more every
+        member that could still write is gone. A timed-out or interrupted
+        attempt, or one whose pipes stay open, takes the full sweep. (A
+        detached daemon that closed its output is not found on the fast
+        path; the docs say so.)
+        """
+        with self._lock:
+            self._leader_exited = True
+            self._kill_at = None
+            cut_short = self._timed_out or self._interrupted
+        self._next_look = None
+        self._kill_group()
+        if cut_short:
+            self._sweep()
+        elif not self._pipes:
+            self._complete(())
+        else:
+            self._pipes_due = time.monotonic() + FAST_PATH_WAIT
+
+    def _sweep(self) -> None:
+        """Scan /proc until the group is gone and escapees are killed.
+
+        The scan sleeps between looks, so it runs on a thread of its own while
+        the reactor goes on draining the pipes and serving other attempts.
+        """
+        assert self._proc is not None and self._reactor is not None
+        self._sweeping = True
+        pid, reactor = self._proc.pid, self._reactor
+        stat = procinfo.read_stat(pid)  # the zombie leader's, still there
+        since = stat.start_time if stat is not None else 0
+        mark = f"{TRACKING_VAR}={self._token}".encode()
+        track = self.spec.track_escapees
+
+        def sweep() -> None:
+            try:
+                procinfo.await_group_gone(
+                    pid, self._kill_group, lambda: time.sleep(SETTLE)
+                )
+                escaped = procinfo.kill_marked(mark, since) if track else ()
+            except Exception as exc:  # ends the attempt with the error
+                reactor.call_soon_threadsafe(partial(self._fail, exc))
+            else:
+                swept = partial(self._guarded, self._swept, escaped)
+                reactor.call_soon_threadsafe(swept)
+
+        threading.Thread(target=sweep, name="runner-sweep", daemon=True).start()
+
+    def _swept(self, escaped: tuple[int, ...]) -> None:
+        # No process of the step is left to write, so what the pipes hold is
+        # all there is; a writer outside the group cannot make this wait.
+        for fd, stream in list(self._pipes.items()):
+            while True:
+                try:
+                    data = os.read(fd, CHUNK)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                stream.feed(data)
+            self._close_pipe(fd)
+        self._sweeping = False
+        self._complete(escaped)
+
+    def _close_pipe(self, fd: int) -> None:
+        assert self._reactor is not None
+        self._reactor.unwatch(fd)
+        del self._pipes[fd]
+        os.close(fd)
+
+    def _complete(self, escaped: tuple[int, ...]) -> None:
+        assert self._reactor is not None
+        self._reactor.remove_ticker(self)
+        self._pipes_due = None
+        code = self._reap()
+        self._end(_Outcome(code, None, self._timed_out, escaped))
+
+    # Ending.
+
+    def _guarded(self, call: Callable[..., None], *args: object) -> None:
+        try:
+            call(*args)
+        except Exception as exc:  # the attempt ends with it; others go on
+            self._fail(exc)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._finished:
+            return
+        self._abort()
+        assert self._done is not None
+        self._done(error)
+
+    def _abort(self) -> None:
+        """Kill the group and release everything, recording no result."""
+        if self._finished:
+            return
+        self._finished = True
+        reactor = self._reactor
+        if reactor is not None:
+            reactor.remove_ticker(self)
+        if self._pidfd is not None:
+            if reactor is not None:
+                reactor.unwatch(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        for fd in list(self._pipes):
+            if reactor is not None:
+                reactor.unwatch(fd)
+            os.close(fd)
+        self._pipes.clear()
+        if self._proc is not None:
+            with suppress(Exception):
+                self._reap()
+        self._out.close()
+        self._err.close()
+
+    def _end(self, outcome: _Outcome) -> None:
+        self._finished = True
+        self._out.close()
+        self._err.close()
+        result = self._result(outcome, time.monotonic() - self._started)
+        assert self._done is not None
+        self._done(result)
+
+    # The phases of start().
+
+    def _spawn(self) -> tuple[Popen[bytes], int, int, int]:
         spec = self.spec
         gated = self._on_started is not None
         argv = _gated_argv(spec) if gated else _direct_argv(spec)
@@ -298,13 +538,15 @@ class Attempt:
         if spec.track_escapees:
             env[TRACKING_VAR] = self._token
 
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
         # Without on_started nothing needs to wait: the command starts at once,
         # saving the wrapper shell's exec on every attempt.
-        gate_r, gate_w = os.pipe() if gated else (os.open(os.devnull, os.O_RDONLY), -1)
-        for fd in (out_r, err_r):
-            stack.callback(os.close, fd)
+        gate_r, gate_w = (
+            os.pipe2(os.O_CLOEXEC)
+            if gated
+            else (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1)
+        )
 
         try:
             proc = Popen(
@@ -319,8 +561,9 @@ class Attempt:
                 restore_signals=True,
             )
         except (OSError, ValueError) as exc:
-            if gate_w >= 0:
-                os.close(gate_w)
+            for fd in (out_r, err_r, gate_w):
+                if fd >= 0:
+                    os.close(fd)
             raise _CannotStart(_cannot_start(spec, _spawn_problem(exc, spec))) from exc
         finally:
             # The child holds its ends now; EOF comes when no process has them.
@@ -337,13 +580,12 @@ class Attempt:
 
     def _announce(self, pid: int, gate: int) -> None:
         """Hand the identity to on_started, then let the command start."""
+        if self._on_started is None:
+            return
         try:
             stat = procinfo.read_stat(pid)
-            self._start_time = stat.start_time if stat is not None else 0
-            identity = ProcessIdentity(pid, pid, self._start_time, procinfo.boot_id())
-            if self._on_started is None:
-                return
-            self._on_started(identity)
+            start_time = stat.start_time if stat is not None else 0
+            self._on_started(ProcessIdentity(pid, pid, start_time, procinfo.boot_id()))
 
             with self._lock, suppress(BrokenPipeError):
                 # A broken pipe means the wrapper was killed meanwhile.
@@ -351,79 +593,11 @@ class Attempt:
                     os.write(gate, b"go\n")
         finally:
             # Closed unwritten, the gate makes the wrapper exit 125 at once.
-            if gate >= 0:
-                os.close(gate)
+            os.close(gate)
 
-    def _supervise(
-        self, pid: int, sel: selectors.BaseSelector, stack: ExitStack
-    ) -> bool:
-        """Pump output until the leader exits; enforce timeout and grace."""
-        pidfd = _open_pidfd(pid)
-        if pidfd is not None:
-            stack.callback(os.close, pidfd)
-            sel.register(pidfd, selectors.EVENT_READ, "leader")
-        with self._lock:
-            wake = self._wake
-        assert wake is not None
-        sel.register(wake, selectors.EVENT_READ, "wake")
-
-        timeout = self.spec.timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        timed_out = False
-        while not _has_exited(pid):
-            wait = self._wait_time(deadline if not timed_out else None)
-            if pidfd is None:
-                wait = _POLL if wait is None else min(wait, _POLL)
-            _pump(sel, wait)
-
-            now = time.monotonic()
-            if deadline is not None and not timed_out and now >= deadline:
-                timed_out = True
-                self._terminate(signal.SIGTERM)
-            self._escalate(now)
-
-        if pidfd is not None:
-            sel.unregister(pidfd)
-        return timed_out
-
-    def _finish_group(
-        self, pid: int, sel: selectors.BaseSelector, timed_out: bool
-    ) -> tuple[int, ...]:
-        """Kill what the leader left behind, then read the rest of the output.
-
-        A step's background processes must not outlive it, so the group gets
-        SIGKILL as soon as its leader has exited, however it exited. The
-        leader stays unreaped meanwhile: its zombie keeps the pgid from being
-        reused while the group is signalled.
-        """
-        with self._lock:
-            self._leader_exited = True
-            self._kill_at = None
-            cut_short = timed_out or self._interrupted
-
-        # The common case costs no /proc scan: the group is sent SIGKILL, which
-        # no process survives, and once no process holds the output pipes any
-        # more every member that could still write is gone. A timed-out or
-        # interrupted attempt, or one whose pipes stay open, takes the full
-        # sweep below. (A detached daemon that closed its output is not
-        # found on the fast path; the docs say so.)
-        self._kill_group()
-        if not cut_short and _pipes_closed(sel, FAST_PATH_WAIT):
-            return ()
-        procinfo.await_group_gone(pid, self._kill_group, lambda: _pump(sel, SETTLE))
-
-        escaped: tuple[int, ...] = ()
-        if self.spec.track_escapees:
-            mark = f"{TRACKING_VAR}={self._token}".encode()
-            escaped = procinfo.kill_marked(mark, self._start_time)
-
-        # No process of the step is left to write, so what the pipes hold is
-        # all there is; a writer outside the group cannot make this wait.
-        _drain(sel)
-        return escaped
-
-    def _reap(self, proc: Popen[bytes]) -> int:
-        """Wait for the leader; on an early exit (an exception) kill first."""
+    def _reap(self) -> int:
+        """Wait for the leader; when it had not exited, kill the group first."""
+        assert self._proc is not None
         with self._lock:
             already_done = self._reaped or self._leader_exited
             if not self._reaped:
@@ -432,24 +606,17 @@ class Attempt:
 
         if not already_done:
             procinfo.await_group_gone(
-                proc.pid, lambda: None, lambda: time.sleep(SETTLE)
+                self._proc.pid, lambda: None, lambda: time.sleep(SETTLE)
             )
-        return proc.wait()
+        return self._proc.wait()
 
-    def _close_wake(self) -> None:
-        with self._lock:
-            if self._wake is not None:
-                os.close(self._wake)
-                self._wake = None
-
-    def _result(
-        self, outcome: _Outcome, out: _Stream, err: _Stream, duration: float
-    ) -> AttemptResult:
+    def _result(self, outcome: _Outcome, duration: float) -> AttemptResult:
         code = outcome.returncode
         with self._lock:
             interrupted = self._interrupted
             sent = tuple(self._sent)
 
+        out, err = self._out, self._err
         return AttemptResult(
             exit_code=code if code is not None and code >= 0 else None,
             signal=_signal_name(-code) if code is not None and code < 0 else None,
@@ -497,13 +664,6 @@ class Attempt:
     def _kill_group(self) -> None:
         with self._lock:
             self._send(signal.SIGKILL, record=False)
-
-    def _wait_time(self, deadline: float | None) -> float | None:
-        with self._lock:
-            due = [t for t in (deadline, self._kill_at) if t is not None]
-        if not due:
-            return None
-        return max(0.0, min(due) - time.monotonic())
 
 
 # Starting the child.
@@ -651,62 +811,6 @@ def _has_exited(pid: int) -> bool:
         return os.waitid(os.P_PID, pid, flags) is not None
     except ChildProcessError:
         return True  # reaped behind our back; Popen.wait copes
-
-
-def _pump(sel: selectors.BaseSelector, wait: float | None) -> None:
-    """Wait up to `wait` seconds for output or a wake-up, and handle it."""
-    for key, _ in sel.select(wait):
-        if isinstance(key.data, _Stream):
-            _read_chunk(sel, key.fd, key.data)
-        elif key.data == "wake":
-            os.eventfd_read(key.fd)
-
-
-def _read_chunk(sel: selectors.BaseSelector, fd: int, stream: _Stream) -> bool:
-    """Read one chunk into `stream`; False at EOF or when nothing is ready."""
-    try:
-        data = os.read(fd, CHUNK)
-    except BlockingIOError:
-        return False
-    if data:
-        stream.feed(data)
-        return True
-
-    sel.unregister(fd)
-    return False
-
-
-def _pipes_closed(sel: selectors.BaseSelector, within: float) -> bool:
-    """Read until both output pipes reach EOF; False if that takes too long."""
-    streams = [(k.fd, k.data) for k in sel.get_map().values()]
-    pending = {fd: data for fd, data in streams if isinstance(data, _Stream)}
-    deadline = time.monotonic() + within
-    with selectors.DefaultSelector() as only_pipes:
-        for fd, stream in pending.items():
-            only_pipes.register(fd, selectors.EVENT_READ, stream)
-        while only_pipes.get_map():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            for key, _ in only_pipes.select(left):
-                _read_chunk(only_pipes, key.fd, key.data)  # unregisters at EOF
-    for fd in pending:
-        with suppress(KeyError):
-            sel.unregister(fd)
-    return True
-
-
-def _drain(sel: selectors.BaseSelector) -> None:
-    """Read what the pipes still hold, without waiting for more."""
-    streams = [(k.fd, k.data) for k in sel.get_map().values()]
-    for fd, stream in streams:
-        if not isinstance(stream, _Stream):
-            continue
-        os.set_blocking(fd, False)
-        while _read_chunk(sel, fd, stream):
-            pass
-        if fd in sel.get_map():
-            sel.unregister(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -567,9 +567,9 @@ def test_interrupt_before_run_starts_nothing(tmp_path: Path) -> None:
 class _InterruptedWhileSpawning(Attempt):
     """Interrupts itself in the window after the check, before the group exists."""
 
-    def _spawn(self, stack: Any) -> Any:
+    def _spawn(self) -> Any:
         self.interrupt(signal.SIGTERM)
-        return super()._spawn(stack)
+        return super()._spawn()
 
 
 def test_interrupt_while_the_command_is_being_started_still_stops_it(
