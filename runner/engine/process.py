@@ -6,9 +6,12 @@ Ctrl-C reaches none of them. Both output streams are drained together in 64 KiB
 chunks into per-attempt log files, capped at `max_log_bytes`, with only a
 bounded tail kept in memory, so no output size can stall or grow the runner.
 
-The child waits at a gate until `on_started` has returned: the engine records
-the process identity durably before the step does any work, so that `resume`
-can always find what a dead runner left behind (`kill_leftover`).
+The command starts at once (see `spawn`), unless the attempt has an
+`on_started`: then the child waits at a gate until `on_started` has returned,
+so a caller can record the process identity durably before the command does
+any work and find what it left behind later (`kill_leftover`). The engine
+needs no gate: it finds a dead runner's attempts by the token in their
+environment, recorded before the spawn.
 
 Attempts run on a `Reactor`: the engine starts all of a run's attempts on its
 own thread, which waits on every output pipe and every leader's pidfd at once;
@@ -16,15 +19,13 @@ own thread, which waits on every output pipe and every leader's pidfd at once;
 /proc (after a timeout, an interrupt, or pipes held open by a leftover) runs
 on a short-lived thread, because it sleeps while killed processes go.
 
-Nothing here installs signal handlers or changes signal masks; an attempt may
-be interrupted from any thread. A child inherits the signal mask of the thread
-that starts it, so start attempts from threads that block no signals: a step
-with SIGTERM blocked would only stop at the SIGKILL after kill_grace.
+Nothing here installs signal handlers or changes this process's signal mask;
+an attempt may be interrupted from any thread. The child starts with no signal
+blocked, whatever the starting thread blocks.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import signal
@@ -34,10 +35,8 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from subprocess import Popen
 
-from runner.engine import procinfo
+from runner.engine import procinfo, spawn
 from runner.engine.procinfo import (
     SETTLE,
     ProcessIdentity,
@@ -61,19 +60,9 @@ TRACKING_VAR = "RUNNER_TRACKING_ID"
 """Set in each child's environment when `track_escapees` is on; a process that
 leaves the step's group (setsid, double fork) is still found by it."""
 
-# The gate: the child's stdin is a pipe that the parent writes one line to
-# once `on_started` has returned; only then does the shell exec the command,
-# with stdin from /dev/null, so the gate's fd does not reach the command. When
-# the parent closes the gate without writing, the command never starts. The
-# shell exports PWD, which the command must not see unless the spec set it.
 FAST_PATH_WAIT = 0.05
 """How long the output pipes may take to close after the leader exited before
 the full sweep of /proc is used instead."""
-_GATE_SCRIPT = 'read -r _ || exit 125; exec "$@" </dev/null'
-_GATE_SCRIPT_NO_PWD = 'read -r _ || exit 125; unset PWD; exec "$@" </dev/null'
-_SHELL = "/bin/sh"
-MAX_ARG_STRLEN = 32 * 4096
-"""Linux's limit on one argument or one NAME=value string given to exec."""
 _POLL = 0.05  # how often to look for the leader's exit when there is no pidfd
 
 
@@ -125,10 +114,6 @@ class AttemptResult:
     exits is not listed: it is always sent."""
     escaped: tuple[int, ...] = ()
     """Pids of processes that had left the group and were killed."""
-
-
-class _CannotStart(Exception):
-    """The command cannot be started: a permanent failure of the step."""
 
 
 @dataclass
@@ -231,7 +216,8 @@ class Attempt:
         self._sent: list[str] = []
         # The reactor's thread alone uses the rest.
         self._done: Callable[[AttemptResult | BaseException], None] | None = None
-        self._proc: Popen[bytes] | None = None
+        self._pid: int | None = None
+        """The leader's pid, once started; it is the group's pgid too."""
         self._pidfd: int | None = None
         self._pipes: dict[int, _Stream] = {}
         """The output pipes still open, each with the stream it feeds."""
@@ -291,23 +277,23 @@ class Attempt:
             return
 
         try:
-            proc, out_r, err_r, gate = self._spawn()
-        except _CannotStart as exc:
+            child = self._spawn()
+        except spawn.CannotStart as exc:
             self._end(_Outcome(spawn_error=str(exc)))
             return
-        self._proc = proc
-        for fd, stream in ((out_r, self._out), (err_r, self._err)):
+        self._pid = child.pid
+        for fd, stream in ((child.stdout, self._out), (child.stderr, self._err)):
             os.set_blocking(fd, False)
             self._pipes[fd] = stream
         try:
-            self._announce(proc.pid, gate)
+            self._announce(child.pid, child.gate)
         except BaseException:
             self._abort()
             raise
 
         for fd in self._pipes:
             reactor.watch(fd, partial(self._guarded, self._readable, fd))
-        self._pidfd = _open_pidfd(proc.pid)
+        self._pidfd = _open_pidfd(child.pid)
         if self._pidfd is not None:
             reactor.watch(self._pidfd, partial(self._guarded, self._leader_seen))
         else:
@@ -362,8 +348,8 @@ class Attempt:
         if self._leader_exited:
             return
         if self._next_look is not None and now >= self._next_look:
-            assert self._proc is not None
-            if _has_exited(self._proc.pid):
+            assert self._pid is not None
+            if _has_exited(self._pid):
                 self._leader_gone()
                 return
             self._next_look = now + _POLL
@@ -430,9 +416,9 @@ class Attempt:
         The scan sleeps between looks, so it runs on a thread of its own while
         the reactor goes on draining the pipes and serving other attempts.
         """
-        assert self._proc is not None and self._reactor is not None
+        assert self._pid is not None and self._reactor is not None
         self._sweeping = True
-        pid, reactor = self._proc.pid, self._reactor
+        pid, reactor = self._pid, self._reactor
         stat = procinfo.read_stat(pid)  # the zombie leader's, still there
         since = stat.start_time if stat is not None else 0
         mark = f"{TRACKING_VAR}={self._token}".encode()
@@ -514,7 +500,7 @@ class Attempt:
                 reactor.unwatch(fd)
             os.close(fd)
         self._pipes.clear()
-        if self._proc is not None:
+        if self._pid is not None:
             with suppress(Exception):
                 self._reap()
         self._out.close()
@@ -530,53 +516,23 @@ class Attempt:
 
     # The phases of start().
 
-    def _spawn(self) -> tuple[Popen[bytes], int, int, int]:
+    def _spawn(self) -> spawn.Child:
         spec = self.spec
-        gated = self._on_started is not None
-        argv = _gated_argv(spec) if gated else _direct_argv(spec)
         env = dict(spec.env)
         if spec.track_escapees:
             env[TRACKING_VAR] = self._token
-
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
         # Without on_started nothing needs to wait: the command starts at once,
-        # saving the wrapper shell's exec on every attempt.
-        gate_r, gate_w = (
-            os.pipe2(os.O_CLOEXEC)
-            if gated
-            else (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1)
-        )
-
-        try:
-            proc = Popen(
-                argv,
-                stdin=gate_r,
-                stdout=out_w,
-                stderr=err_w,
-                cwd=spec.cwd,
-                env=env,
-                close_fds=True,
-                start_new_session=True,
-                restore_signals=True,
-            )
-        except (OSError, ValueError) as exc:
-            for fd in (out_r, err_r, gate_w):
-                if fd >= 0:
-                    os.close(fd)
-            raise _CannotStart(_cannot_start(spec, _spawn_problem(exc, spec))) from exc
-        finally:
-            # The child holds its ends now; EOF comes when no process has them.
-            for fd in (out_w, err_w, gate_r):
-                os.close(fd)
+        # saving the gate shell's exec on every attempt.
+        gated = self._on_started is not None
+        child = spawn.start(spec.command, spec.cwd, env, gated=gated)
 
         with self._lock:
-            self._pgid = proc.pid
+            self._pgid = child.pid
             if self._pending_signal is not None:
                 # interrupt() came between the start and now: nothing got it.
                 self._send(self._pending_signal, record=True)
                 self._arm_kill()
-        return proc, out_r, err_r, gate_w
+        return child
 
     def _announce(self, pid: int, gate: int) -> None:
         """Hand the identity to on_started, then let the command start."""
@@ -597,7 +553,7 @@ class Attempt:
 
     def _reap(self) -> int:
         """Wait for the leader; when it had not exited, kill the group first."""
-        assert self._proc is not None
+        assert self._pid is not None
         with self._lock:
             already_done = self._reaped or self._leader_exited
             if not self._reaped:
@@ -606,9 +562,13 @@ class Attempt:
 
         if not already_done:
             procinfo.await_group_gone(
-                self._proc.pid, lambda: None, lambda: time.sleep(SETTLE)
+                self._pid, lambda: None, lambda: time.sleep(SETTLE)
             )
-        return self._proc.wait()
+        try:
+            _, status = os.waitpid(self._pid, 0)
+        except ChildProcessError:
+            return 0  # reaped behind our back (SIGCHLD ignored): status unknown
+        return os.waitstatus_to_exitcode(status)
 
     def _result(self, outcome: _Outcome, duration: float) -> AttemptResult:
         code = outcome.returncode
@@ -666,134 +626,6 @@ class Attempt:
             self._send(signal.SIGKILL, record=False)
 
 
-# Starting the child.
-
-
-def _direct_argv(spec: AttemptSpec) -> list[str]:
-    """The command's own argv; raises _CannotStart when it cannot start."""
-    _check_cwd(spec)
-    if isinstance(spec.command, str):
-        return [_SHELL, "-c", spec.command]
-    return [_find_program(spec), *spec.command[1:]]
-
-
-def _gated_argv(spec: AttemptSpec) -> list[str]:
-    """The wrapper's argv; raises _CannotStart when the command cannot start."""
-    _check_cwd(spec)
-    if isinstance(spec.command, str):
-        command = [_SHELL, "-c", spec.command]
-    else:
-        command = [_find_program(spec), *spec.command[1:]]
-    script = _GATE_SCRIPT if "PWD" in spec.env else _GATE_SCRIPT_NO_PWD
-    return [_SHELL, "-c", script, "runner-gate", *command]
-
-
-def _check_cwd(spec: AttemptSpec) -> None:
-    folder = Path(spec.cwd)
-    if not folder.exists():
-        raise _CannotStart(_cannot_start(spec, "no such folder"))
-    if not folder.is_dir() or not os.access(folder, os.X_OK):
-        raise _CannotStart(_cannot_start(spec, "not an accessible folder"))
-
-
-def _find_program(spec: AttemptSpec) -> str:
-    """Where the shell's `exec` will find argv[0], checked beforehand.
-
-    The wrapper shell would report a missing program as exit 127, which a
-    program may also return; checking first makes it a spawn error. The name
-    is passed on as given, so argv[0] is what the workflow says, unless there
-    is no PATH, where shells disagree on the default and the path found is
-    passed instead.
-    """
-    if not spec.command:
-        raise _CannotStart(_cannot_start(spec, "empty command"))
-    program = spec.command[0]
-
-    if "/" in program:
-        problem = _exec_problem(Path(spec.cwd, program))
-        if problem:
-            raise _CannotStart(_cannot_start(spec, os.strerror(problem)))
-        return program
-
-    search = spec.env.get("PATH", os.defpath)
-    problems = []
-    for folder in search.split(":"):
-        candidate = Path(spec.cwd, folder or ".", program)
-        problem = _exec_problem(candidate)
-        if not problem:
-            return program if "PATH" in spec.env else str(candidate)
-        problems.append(problem)
-
-    # Like execvp: a found but unusable file says more than "not found".
-    worst = errno.EACCES if errno.EACCES in problems else errno.ENOENT
-    raise _CannotStart(_cannot_start(spec, os.strerror(worst)))
-
-
-def _exec_problem(path: Path) -> int:
-    """0 when `path` is an executable file, else the errno exec would give."""
-    try:
-        is_dir = path.is_dir()
-        exists = path.exists()
-        runnable = os.access(path, os.X_OK)
-    except ValueError:
-        return errno.ENOENT
-    if not exists:
-        return errno.ENOENT
-    if is_dir or not runnable:
-        return errno.EACCES
-    return 0
-
-
-def _spawn_problem(error: OSError | ValueError, spec: AttemptSpec) -> str:
-    """Why the program could not be started, naming the value at fault."""
-    strings = _exec_strings(spec)
-    if isinstance(error, ValueError):
-        with_nul = [label for label, text in strings if b"\0" in text]
-        if with_nul:
-            return f"{with_nul[0]} contains a NUL byte, which a program cannot receive"
-        return str(error)
-    if error.errno != errno.E2BIG:
-        return error.strerror or str(error)
-
-    size, label = max((len(text) + 1, label) for label, text in strings)
-    if size > MAX_ARG_STRLEN:
-        return (
-            f"{label} is {size:,} bytes, over the {MAX_ARG_STRLEN:,} that one "
-            "argument or variable may hold (E2BIG); pass a large value in a file"
-        )
-    total = sum(len(text) + 1 for _, text in strings)
-    return (
-        f"the command and its environment take {total:,} bytes, more than the "
-        "system allows (E2BIG); pass large values in files"
-    )
-
-
-def _exec_strings(spec: AttemptSpec) -> list[tuple[str, bytes]]:
-    """What exec copies for the command: its argv and NAME=value strings."""
-    command = spec.command
-    if isinstance(command, str):
-        strings = [("the command text", os.fsencode(command))]
-    else:
-        strings = [(f"argument {i}", os.fsencode(a)) for i, a in enumerate(command)]
-    strings += [
-        (f"variable {name}", os.fsencode(f"{name}={value}"))
-        for name, value in spec.env.items()
-    ]
-    return strings
-
-
-def _cannot_start(spec: AttemptSpec, reason: str) -> str:
-    """The message of a spawn error: the program (or the script's start), the
-    folder, and what is wrong."""
-    command = spec.command
-    if isinstance(command, str):
-        first = command.splitlines()[0] if command else ""
-        name = first if first == command and len(first) <= 60 else first[:57] + "..."
-    else:
-        name = command[0] if command else ""
-    return f"cannot start {name!r} in {spec.cwd}: {reason}"
-
-
 # Watching the child.
 
 
@@ -810,7 +642,7 @@ def _has_exited(pid: int) -> bool:
     try:
         return os.waitid(os.P_PID, pid, flags) is not None
     except ChildProcessError:
-        return True  # reaped behind our back; Popen.wait copes
+        return True  # reaped behind our back; _reap copes
 
 
 def _write_all(fd: int, data: bytes) -> None:

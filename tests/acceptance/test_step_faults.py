@@ -246,6 +246,33 @@ def test_many_short_steps_leave_no_zombie_and_no_descriptor(runner, workflow, tm
     assert after["others"] == []  # no other child, and so no zombie
 
 
+def test_a_descriptor_the_runner_inherited_does_not_reach_steps(
+    runner, workflow, tmp_path
+):
+    """An fd its parent left open in the runner is not passed on to any step."""
+    inherited = 50  # above what the shell itself uses for redirections
+    check = f"test -e /proc/$$/fd/{inherited} && echo leaked || echo closed"
+    path = workflow(one_step({"run": f"{check} > seen.txt"}))
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, inherited)
+    try:
+        done = subprocess.run(
+            runner.argv(("run", str(path)), None),
+            cwd=tmp_path,
+            env=runner.environment(None),
+            pass_fds=(inherited,),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        for fd in (read_end, write_end, inherited):
+            os.close(fd)
+
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "seen.txt").read_text() == "closed\n"
+
+
 # Deaths and spawn errors (D7) --------------------------------------------------------
 
 
