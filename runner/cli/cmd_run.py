@@ -96,13 +96,19 @@ def _stored_and_current(run: dict[str, Any], accept: bool, original: bool) -> Wo
     from runner.engine.lifecycle import choose_workflow
     from runner.spec.validate import (
         InvalidWorkflow,
+        build_checked,
         check_file,
         check_text,
+        checker_id,
         read_source,
     )
 
-    stored_report = check_text(run["path"], run["source"])
-    stored = stored_report.workflow
+    if run["checked_by"] == checker_id():
+        # This validator accepted the copy when it was stored: checking the
+        # same text again could only cost time.
+        stored: Workflow | None = build_checked(run["path"], run["source"])
+    else:
+        stored = check_text(run["path"], run["source"]).workflow
     if stored is None:
         raise UsageError(f"the stored copy of run {run['run_id']} no longer validates")
     if original or not os.path.exists(run["path"]):

@@ -216,8 +216,8 @@ class Driver:
         return max(0.001, wait)
 
     def _renew_lease(self) -> None:
-        with self.store.write(self.run_id, self.epoch) as txn:
-            txn.update_run(self.run_id, lease_until=txn.now + LEASE_SECONDS)
+        with self.store.write(self.run_id, self.epoch, lease=LEASE_SECONDS):
+            pass
         self.lease_renewed = time.monotonic()
 
     def _has_pending_work(self) -> bool:
@@ -227,8 +227,7 @@ class Driver:
         writes, self.writes = self.writes, []
         if writes:
             self.reports_pending = False
-            with self.store.write(self.run_id, self.epoch) as txn:
-                txn.update_run(self.run_id, lease_until=txn.now + LEASE_SECONDS)
+            with self.store.write(self.run_id, self.epoch, lease=LEASE_SECONDS) as txn:
                 for write in writes:
                     write.apply(txn)
             self.lease_renewed = time.monotonic()

@@ -26,6 +26,7 @@ from runner.engine.stats import REDRIVABLE
 from runner.engine.values import parse_params
 from runner.errors import ChangedError, ExitCode, UsageError
 from runner.spec.model import OnCrash, Workflow
+from runner.spec.validate import checker_id
 from runner.store.sqlite import Store, Txn
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -90,12 +91,10 @@ def _record_run(
                 "epoch": 1,
                 "owner": owner,
                 "lease_until": txn.now + LEASE_SECONDS,
+                "checked_by": checker_id(),
             }
         )
-        for position, name in enumerate(workflow.steps):
-            txn.insert_step(
-                run_id, {"name": name, "position": position, "status": "pending"}
-            )
+        txn.insert_pending_steps(run_id, list(workflow.steps))
         breakers.declare(txn, dict(workflow.circuits))
         txn.event("run.started", run_id, workflow=workflow.name)
 
@@ -489,5 +488,5 @@ def _adopt(
             )
             txn.event("step.added", run_id, name)
     breakers.declare(txn, dict(workflow.circuits))
-    txn.update_run(run_id, source=workflow.source)
+    txn.update_run(run_id, source=workflow.source, checked_by=checker_id())
     txn.event("run.changes_accepted", run_id)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gc
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from runner.errors import UsageError
 from runner.spec.model import Workflow
@@ -91,6 +94,33 @@ def _check_text(path: str, text: str, *, strict: bool) -> Report:
     from runner.spec.build import build_workflow
 
     return Report(path, report.problems, build_workflow(data, path, document.text))
+
+
+@functools.cache
+def checker_id() -> str:
+    """Names this validator: runner's version and a hash of the code and schema
+    that check a workflow. Two equal ids give equal verdicts on equal text."""
+    from runner import __version__
+    from runner.spec.schema import schema_text
+
+    digest = hashlib.sha256(schema_text().encode())
+    for module in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(module.name.encode() + b"\0" + module.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:16]}"
+
+
+def build_checked(path: str, text: str) -> Workflow:
+    """The model of `text`, which this validator (`checker_id`) found valid.
+
+    A run stores its workflow's text with the id of the validator that checked
+    it; resume and redrive build an unchanged copy with the same validator
+    without checking it again, which is most of the time a large file takes.
+    """
+    from runner.spec.build import build_workflow
+    from runner.spec.yamlload import parse, to_data
+
+    with _cycle_collection_paused():
+        return build_workflow(to_data(parse(text)), path, text)
 
 
 class InvalidWorkflow(UsageError):

@@ -83,6 +83,48 @@ def _build(temp: str, initialise: Initialise) -> None:
         os.close(descriptor)
 
 
+def back_up(path: str, label: str) -> str:
+    """Copy the database to `PATH.LABEL-backup`, whole or not at all; its path.
+
+    Read through a connection of its own, so the caller may hold the write
+    lock meanwhile. An earlier backup of the same label is kept, not replaced.
+    """
+    target = f"{path}.{label}-backup"
+    temp = os.path.join(
+        os.path.dirname(path), f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    )
+    try:
+        flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        os.close(os.open(temp, flags, 0o600))
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        copy = sqlite3.connect(temp)
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+            source.close()
+        _fsync_file(temp)
+        _link_into_place(temp, target)
+    except (OSError, sqlite3.Error) as error:
+        detail = error.strerror if isinstance(error, OSError) else error
+        raise StoreError(
+            f"cannot back up state database {path} before upgrading its schema: "
+            f"{detail or error}; nothing was changed; free the disk or fix the "
+            "state directory, then try again"
+        ) from None
+    finally:
+        _remove_with_companions(temp)
+    return target
+
+
+def _fsync_file(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def _link_into_place(temp: str, path: str) -> None:
     try:
         os.link(temp, path)

@@ -34,7 +34,13 @@ from typing import Any
 from runner.errors import LockedError, StoreError, UsageError
 from runner.store import files
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # v1 -> v2: which validator checked the run's stored workflow copy, so
+    # resume and redrive can build an unchanged copy without checking again.
+    1: ("ALTER TABLE runs ADD COLUMN checked_by TEXT",),
+}
+"""For each old version, the statements that bring it to the next one."""
 LOCK_TIMEOUT_VAR = "RUNNER_LOCK_TIMEOUT"
 """Seconds a write waits for another process's lock before giving up (exit 3)."""
 
@@ -54,7 +60,8 @@ CREATE TABLE runs (
     epoch INTEGER NOT NULL DEFAULT 0,
     owner TEXT,
     lease_until REAL NOT NULL DEFAULT 0,
-    recoveries INTEGER NOT NULL DEFAULT 0
+    recoveries INTEGER NOT NULL DEFAULT 0,
+    checked_by TEXT
 );
 CREATE TABLE steps (
     run_id TEXT NOT NULL,
@@ -135,6 +142,7 @@ RUN_COLUMNS = [
     "owner",
     "lease_until",
     "recoveries",
+    "checked_by",
 ]
 STEP_COLUMNS = [
     "name",
@@ -199,10 +207,12 @@ class Store:
         )
         try:
             # Checked before anything is written: a damaged file stays as it is.
-            self._check_schema(connection)
+            version = self._check_schema(connection)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA foreign_keys = ON")
+            if version < SCHEMA_VERSION:
+                self._migrate(connection)
         except (sqlite3.DatabaseError, UnicodeDecodeError) as error:
             # SQLite's message may quote damaged bytes that are not UTF-8.
             connection.close()
@@ -216,7 +226,8 @@ class Store:
                 os.chmod(self.path + suffix, 0o600)
         return connection
 
-    def _check_schema(self, connection: sqlite3.Connection) -> None:
+    def _check_schema(self, connection: sqlite3.Connection) -> int:
+        """The schema version, once the file is found sound and not too new."""
         check = connection.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise StoreError(files.corrupt(self.path, check))
@@ -226,7 +237,7 @@ class Store:
                 f"state database {self.path} has schema v{version}, newer than this "
                 f"runner (v{SCHEMA_VERSION}); upgrade runner"
             )
-        if version < SCHEMA_VERSION:
+        if version == 0:
             # Stores are created whole, schema included, so an existing file
             # without one lost it: typically its -wal file was deleted.
             raise StoreError(
@@ -235,15 +246,44 @@ class Store:
                     "it holds no runner schema; was its -wal file deleted?",
                 )
             )
+        return int(version)
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        """Bring an older schema up to date in one transaction, after a backup.
+
+        The write lock is taken first, so the backup (made through a second,
+        read-only connection) is the store exactly as migrated; another
+        process that migrated meanwhile leaves nothing to do.
+        """
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                files.back_up(self.path, f"v{version}")
+            while version < SCHEMA_VERSION:
+                for statement in MIGRATIONS[version]:
+                    connection.execute(statement)
+                version += 1
+            connection.execute(f"PRAGMA user_version = {version}")
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.connection.close()
 
     @contextmanager
     def write(
-        self, run_id: str | None = None, epoch: int | None = None
+        self,
+        run_id: str | None = None,
+        epoch: int | None = None,
+        *,
+        lease: float | None = None,
     ) -> Iterator[Txn]:
-        """One durable transaction; fenced by `epoch` when given."""
+        """One durable transaction; fenced by `epoch` when given, and then
+        renewing the run's lease for `lease` seconds when that is given."""
         if self.broken is not None:
             raise StoreError(self.broken)
         connection = self.connection
@@ -254,8 +294,9 @@ class Store:
         txn = Txn(connection)
         try:
             if epoch is not None:
-                txn.fence(run_id or "", epoch)
+                txn.fence(run_id or "", epoch, lease)
             yield txn
+            txn.flush_events()
             connection.execute("COMMIT")
         except (sqlite3.Error, UnicodeDecodeError) as error:
             self._rollback()
@@ -392,6 +433,8 @@ class Txn:
         self.now = time.time()
         self.changes: list[str] = []
         """What the transaction records, in words, for an error message."""
+        self.events: list[tuple[Any, ...]] = []
+        """Event rows, inserted together just before the commit."""
         self.started_run = False
 
     def summary(self) -> str:
@@ -402,11 +445,19 @@ class Txn:
         more = len(self.changes) - 3
         return f"{shown} and {more} more changes" if more > 0 else shown
 
-    def fence(self, run_id: str, epoch: int) -> None:
-        row = self.connection.execute(
-            "SELECT epoch FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
-        if row is None or row[0] != epoch:
+    def fence(self, run_id: str, epoch: int, lease: float | None = None) -> None:
+        """Stop unless `epoch` still holds the run; renew its lease if asked."""
+        if lease is None:
+            row = self.connection.execute(
+                "SELECT epoch FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            held = row is not None and row[0] == epoch
+        else:
+            held = self.connection.execute(
+                "UPDATE runs SET lease_until = ? WHERE run_id = ? AND epoch = ?",
+                (self.now + lease, run_id, epoch),
+            ).rowcount == 1
+        if not held:
             raise LockedError(
                 f"run {run_id} was taken over by another process; this one stops"
             )
@@ -418,6 +469,14 @@ class Txn:
 
     def insert_step(self, run_id: str, fields: Mapping[str, Any]) -> None:
         self._insert("steps", {"run_id": run_id, **fields})
+
+    def insert_pending_steps(self, run_id: str, names: list[str]) -> None:
+        """A new run's steps, all pending, at their positions in the file."""
+        self.connection.executemany(
+            "INSERT INTO steps (run_id, name, position, status) "
+            "VALUES (?, ?, ?, 'pending')",
+            [(run_id, name, position) for position, name in enumerate(names)],
+        )
 
     def insert_attempt(self, run_id: str, fields: Mapping[str, Any]) -> None:
         self._insert("attempts", {"run_id": run_id, **fields})
@@ -447,11 +506,18 @@ class Txn:
         step: str | None = None,
         **detail: Any,
     ) -> None:
-        self.connection.execute(
-            "INSERT INTO events (at, run_id, step, kind, detail) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (self.now, run_id, step, kind, json.dumps(detail) if detail else None),
-        )
+        detail_text = json.dumps(detail) if detail else None
+        self.events.append((self.now, run_id, step, kind, detail_text))
+
+    def flush_events(self) -> None:
+        """Insert the events recorded so far, in the order they came."""
+        if self.events:
+            self.connection.executemany(
+                "INSERT INTO events (at, run_id, step, kind, detail) "
+                "VALUES (?, ?, ?, ?, ?)",
+                self.events,
+            )
+            self.events = []
 
     def execute(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         return self.connection.execute(sql, args)

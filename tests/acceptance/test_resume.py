@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from support import Ledger, processes_with, wait_gone
+
+from runner.spec.validate import checker_id
 
 LEASE = {"RUNNER_LEASE_SECONDS": "1"}
 
@@ -168,6 +172,54 @@ def test_resume_proceeds_with_the_chosen_definition(
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert trace.read_text() == f"build\n{deployed}\n"
+
+
+def stored(runner, run_id: str) -> tuple[str, str]:
+    """The run's stored workflow copy and the id of the validator that checked it."""
+    db = runner.state / "state.db"
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        row = connection.execute(
+            "SELECT source, checked_by FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+    return row[0], row[1]
+
+
+def test_the_stored_copy_names_the_validator_that_checked_it(
+    runner, workflow, tmp_path
+):
+    """Run and `--accept-changes` record this validator's id with the copy."""
+    _edited(workflow, tmp_path, runner)
+    source, checked_by = stored(runner, "r1")
+    assert checked_by == checker_id()
+    db = runner.state / "state.db"
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute("UPDATE runs SET checked_by = 'older' WHERE run_id = 'r1'")
+
+    done = runner("resume", "r1", "--accept-changes")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    new_source, checked_by = stored(runner, "r1")
+    assert new_source != source
+    assert checked_by == checker_id()
+
+
+def test_a_copy_another_validator_checked_is_checked_again(runner, workflow, tmp_path):
+    """A copy stored by another runner is validated before use: a bad one, exit 2."""
+    _edited(workflow, tmp_path, runner)
+    source, _ = stored(runner, "r1")
+    broken = source.replace("deploy:", "deploy:\n    nedds: [build]", 1)
+    db = runner.state / "state.db"
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute(
+            "UPDATE runs SET source = ?, checked_by = 'older' WHERE run_id = 'r1'",
+            (broken,),
+        )
+
+    done = runner("resume", "r1", "--original")
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "the stored copy of run r1 no longer validates" in done.stderr
+    assert not (tmp_path / "trace.txt").exists()
 
 
 # Crashes (FAULTS A4, A8, V7) ------------------------------------------------------

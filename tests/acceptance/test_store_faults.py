@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 from support import Cli, processes_with, wait_gone, write_workflow
 
+from runner.store.sqlite import SCHEMA_VERSION
+
 PY = sys.executable
 FOREIGN_UID = 54321
 NO_DAC = [
@@ -273,6 +275,86 @@ def test_a_state_db_without_the_runner_schema_is_refused_not_recreated(
     no_traceback(done)
     assert not (tmp_path / "ran.txt").exists()
     assert db.read_bytes() == before
+
+
+# An older schema (B4) ----------------------------------------------------------------
+
+
+def schema_v1_store(runner, workflow, tmp_path: Path) -> Path:
+    """A store as a runner of schema v1 left it: r1 succeeded, r2 was cut short."""
+    path = workflow(
+        {
+            "version": 1,
+            "name": "old",
+            "steps": {
+                "a": {"run": "echo a >> trace.txt"},
+                "b": {"needs": ["a"], "run": "echo b >> trace.txt"},
+            },
+        },
+        "old.yaml",
+    )
+    assert runner("run", str(path), "--run-id", "r1").returncode == 0
+    cut = runner(
+        "run",
+        str(path),
+        "--run-id",
+        "r2",
+        env={"RUNNER_CRASHPOINT": "step.after_start_commit:1"},
+    )
+    assert cut.returncode == -signal.SIGKILL, cut.stderr
+    (tmp_path / "trace.txt").unlink()
+    db = runner.state / "state.db"
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as connection:
+        connection.execute("ALTER TABLE runs DROP COLUMN checked_by")
+        connection.execute("PRAGMA user_version = 1")
+    return db
+
+
+def test_an_older_schema_is_backed_up_then_migrated(runner, workflow, tmp_path):
+    """A v1 store: copied whole to state.db.v1-backup, then brought up to date."""
+    db = schema_v1_store(runner, workflow, tmp_path)
+    runs_before = query(db, "SELECT run_id, status FROM runs ORDER BY seq")
+
+    done = runner("status", "-o", "json")
+
+    assert done.returncode == 0, done.stderr
+    assert [r["run_id"] for r in json.loads(done.stdout)["runs"]] == ["r1", "r2"]
+    assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    backup = Path(f"{db}.v1-backup")
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert query(backup, "PRAGMA user_version") == [(1,)]
+    assert query(backup, "SELECT run_id, status FROM runs ORDER BY seq") == runs_before
+    assert query(backup, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_a_run_cut_short_under_an_older_schema_resumes_after_migrating(
+    runner, workflow, tmp_path
+):
+    """The v1 run's stored copy has no checker id: it is checked, then resumed."""
+    schema_v1_store(runner, workflow, tmp_path)
+
+    done = runner("resume", "r2")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "trace.txt").read_text() == "a\nb\n"
+
+
+def test_a_migration_that_cannot_back_up_changes_nothing(runner, workflow, tmp_path):
+    """The backup cannot be put in place (a full disk): exit 3, still schema v1."""
+    db = schema_v1_store(runner, workflow, tmp_path)
+    before = db.read_bytes()
+    full_at_link = ["strace", "-f", "-o", os.devnull, "-e", "inject=link:error=ENOSPC"]
+
+    done = wrapped(runner, full_at_link, "status")
+
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"cannot back up state database {db}" in one_line(done)
+    no_traceback(done)
+    assert db.read_bytes() == before
+    assert query(db, "PRAGMA user_version") == [(1,)]
+    left = [p.name for p in runner.state.iterdir()]
+    assert not [name for name in left if "backup" in name or name.startswith(".")]
+    assert runner("status").returncode == 0  # the next start migrates
 
 
 # Naive backups and a lost write-ahead log (B2) ----------------------------------------
@@ -947,4 +1029,6 @@ def test_a_store_creation_killed_before_its_link_is_cleaned_up_next_time(runner)
 
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in runner.state.iterdir()) == ["state.db"]
-    assert query(runner.state / "state.db", "PRAGMA user_version") == [(1,)]
+    assert query(runner.state / "state.db", "PRAGMA user_version") == [
+        (SCHEMA_VERSION,)
+    ]
