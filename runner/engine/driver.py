@@ -227,10 +227,15 @@ class Driver:
         writes, self.writes = self.writes, []
         if writes:
             self.reports_pending = False
-            with self.store.write(self.run_id, self.epoch, lease=LEASE_SECONDS) as txn:
+            # The lease needs renewing now and then, not with every turn: an
+            # untouched runs row is one page less to write and sync.
+            renew = time.monotonic() - self.lease_renewed >= LEASE_SECONDS / 6
+            lease = LEASE_SECONDS if renew else None
+            with self.store.write(self.run_id, self.epoch, lease=lease) as txn:
                 for write in writes:
                     write.apply(txn)
-            self.lease_renewed = time.monotonic()
+            if renew:
+                self.lease_renewed = time.monotonic()
         shown, self.shown = self.shown, []
         for status, step, details in shown:
             self.reporter(status, step, details)
