@@ -31,6 +31,11 @@ The commands:
   recipe without shell syntax directly, with no shell); no durability at all;
 - xargs: `xargs -n1 -P2 true` over N lines, the raw floor of spawning; a
   chain runs with `-P1`, since its steps cannot overlap;
+- floor: bench/engine_floor.py, the least a durable engine in Python must do
+  per step (one WAL commit with synchronous=FULL before each start, then
+  posix_spawn, pipes, a pidfd, one epoll), with no validation, model or
+  reporting: the gap between runner and floor is runner's own overhead, the
+  gap between floor and make the price of a durable journal in Python;
 - doit: `doit run -n 2 -P thread` with a fresh `--db-file`, tasks
   `actions: ["true"]`, verbosity 0, chained through `task_dep`; threads are
   doit's fastest parallel mode here. `doit-serial` (no `-n`) is shown too,
@@ -178,6 +183,23 @@ def prepare_doit(parallel: bool) -> Prepare:
     return prepare
 
 
+def prepare_floor(argv: bool) -> Prepare:
+    def prepare(folder: Path, shape: str, steps: int) -> list[str]:
+        command = [
+            str(BIN / "python"),
+            str(REPO / "bench" / "engine_floor.py"),
+            "--shape",
+            shape,
+            "--steps",
+            str(steps),
+            "--once",
+            str(folder),
+        ]
+        return [*command, "--argv"] if argv else command
+
+    return prepare
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
@@ -188,6 +210,8 @@ class Tool:
 TOOLS = (
     Tool("runner-sh", prepare_runner(argv=False), durable=True),
     Tool("runner-argv", prepare_runner(argv=True), durable=True),
+    Tool("floor-sh", prepare_floor(argv=False), durable=True),
+    Tool("floor-argv", prepare_floor(argv=True), durable=True),
     Tool("make", prepare_make, durable=False),
     Tool("xargs", prepare_xargs, durable=False),
     Tool("doit", prepare_doit(parallel=True), durable=True),
@@ -687,6 +711,7 @@ def report(results: dict[str, Any]) -> str:
             f"pending step started {resume['first_pending_step_s'] * 1000:.0f} ms "
             f"after launch; whole resume {resume['resume_wall']:.1f} s"
         )
+    lines += floor_lines(results["summary"])
     for check in results["targets"]:
         verdict = "ok  " if check["ok"] else "MISS"
         lines.append(
@@ -694,6 +719,25 @@ def report(results: dict[str, Any]) -> str:
             f"(target ≤ {check['limit']})"
         )
     return "\n".join(lines)
+
+
+def floor_lines(summary: list[dict[str, Any]]) -> list[str]:
+    """Per-step slopes against the durable floor: what the design costs, and
+    what runner adds to it."""
+    slopes = {(r["tool"], r["shape"]): r["slope_ms"] for r in summary}
+    lines = []
+    for shape in SHAPES:
+        for form in ("sh", "argv"):
+            floor = slopes.get((f"floor-{form}", shape))
+            runner = slopes.get((f"runner-{form}", shape))
+            make = slopes.get(("make", shape))
+            if floor is None or make is None:
+                continue
+            line = f"floor-{form} {shape}: slope {floor / make:.2f}x make's"
+            if runner is not None:
+                line += f"; runner-{form} {runner / floor:.2f}x the floor's"
+            lines.append(line)
+    return lines
 
 
 # Main -------------------------------------------------------------------------

@@ -2,23 +2,28 @@
 
 A single-threaded loop does per step what the engine must do, and nothing
 else: one transaction (WAL, synchronous=FULL) recording the steps that ended
-and the steps about to start, then the spawns (own session, output pipes,
-optionally two log files), then a wait on pidfds and pipes in one selector.
-No job threads, no validation, no reporter. Compare its slope with make's to
-see how much of runner's per-step cost the design itself needs.
+and the steps about to start, then the starts (posix_spawn in a new session,
+stdout and stderr on pipes), then a wait on pidfds and pipes in one epoll.
+No validation, no model, no reporter, no retry policy. Its slope beside
+make's shows how much of runner's per-step cost the design itself needs:
+what is left above the floor is runner's own overhead.
 
-    .venv/bin/python bench/engine_floor.py            # fan-out and chain
-    .venv/bin/python bench/engine_floor.py --no-logs  # without log files
+    .venv/bin/python bench/engine_floor.py                # fan-out and chain
+    .venv/bin/python bench/engine_floor.py --sync OFF     # size the fsync
+    .venv/bin/python bench/engine_floor.py --shape chain --steps 1000 --once DIR
+
+`--once DIR` runs one loop in DIR and exits: bench/engine.py times it as the
+tool `floor`, side by side with runner and make.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import selectors
+import select
+import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,16 +31,18 @@ from collections import deque
 from pathlib import Path
 
 CONCURRENCY = 2
-FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 class Loop:
     """Runs N steps of `true` as a chain or a fan-out, journaling each start."""
 
     def __init__(self, folder: Path, shape: str, steps: int, args: argparse.Namespace):
-        self.folder, self.shape, self.steps = folder, shape, steps
-        self.command = ["/usr/bin/true"] if args.argv else ["/bin/sh", "-c", "true"]
-        self.logs = args.logs
+        self.shape, self.steps = shape, steps
+        if args.argv:
+            self.path, self.argv = "/usr/bin/true", ["true"]
+        else:
+            self.path, self.argv = "/bin/sh", ["/bin/sh", "-c", "true"]
         self.db = sqlite3.connect(folder / "state.db", isolation_level=None)
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute(f"PRAGMA synchronous = {args.sync}")
@@ -44,25 +51,24 @@ class Loop:
             "started_at REAL, ended_at REAL)"
         )
         self.db.execute("CREATE TABLE events (at REAL, step TEXT, kind TEXT)")
-        with self._transaction():
-            for index in range(steps):
-                self.db.execute(
-                    "INSERT INTO steps VALUES (?, 'pending', 0, 0)", (index,)
-                )
-        self.selector = selectors.DefaultSelector()
-        self.ready: deque[int] = deque([0])
-        self.ended: list[int] = []
-        self.running = 0
-
-    def _transaction(self) -> sqlite3.Connection:
         self.db.execute("BEGIN IMMEDIATE")
-        return self.db
+        self.db.executemany(
+            "INSERT INTO steps VALUES (?, 'pending', 0, 0)",
+            [(str(index),) for index in range(steps)],
+        )
+        self.db.execute("COMMIT")
+        self.epoll = select.epoll()
+        self.env = dict(os.environ)
+        self.ready: deque[int] = deque([0])
+        self.running: dict[int, tuple[int, int, int, int]] = {}
+        """pidfd -> (step, pid, stdout, stderr)"""
+        self.ended: list[int] = []
 
     def run(self) -> None:
         done = 0
         while done < self.steps:
             starts: list[int] = []
-            while self.ready and self.running + len(starts) < CONCURRENCY:
+            while self.ready and len(self.running) + len(starts) < CONCURRENCY:
                 starts.append(self.ready.popleft())
             self._record(starts)
             for step in starts:
@@ -71,54 +77,53 @@ class Loop:
 
     def _record(self, starts: list[int]) -> None:
         now = time.time()
-        with self._transaction():
-            for step in self.ended:
-                self.db.execute(
-                    "UPDATE steps SET status = 'succeeded', ended_at = ? "
-                    "WHERE name = ?",
-                    (now, step),
-                )
-                self.db.execute(
-                    "INSERT INTO events VALUES (?, ?, 'ended')", (now, step)
-                )
-            for step in starts:
-                self.db.execute(
-                    "UPDATE steps SET status = 'running', started_at = ? "
-                    "WHERE name = ?",
-                    (now, step),
-                )
-                self.db.execute(
-                    "INSERT INTO events VALUES (?, ?, 'started')", (now, step)
-                )
+        self.db.execute("BEGIN IMMEDIATE")
+        for step in self.ended:
+            self.db.execute(
+                "UPDATE steps SET status = 'succeeded', ended_at = ? WHERE name = ?",
+                (now, str(step)),
+            )
+        for step in starts:
+            self.db.execute(
+                "UPDATE steps SET status = 'running', started_at = ? WHERE name = ?",
+                (now, str(step)),
+            )
+        events = [(now, str(s), "ended") for s in self.ended]
+        events += [(now, str(s), "started") for s in starts]
+        self.db.executemany("INSERT INTO events VALUES (?, ?, ?)", events)
+        self.db.execute("COMMIT")
         self.ended = []
 
     def _spawn(self, step: int) -> None:
-        if self.logs:
-            for stream in ("stdout", "stderr"):
-                os.close(os.open(self.folder / f"{step}.{stream}", FLAGS, 0o600))
-        process = subprocess.Popen(
-            self.command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.posix_spawn(
+            self.path,
+            self.argv,
+            self.env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, out_w, 1),
+                (os.POSIX_SPAWN_DUP2, err_w, 2),
+            ],
+            setsid=True,
+            setsigdef=_DEFAULT_SIGNALS,
         )
-        pidfd = os.pidfd_open(process.pid)
-        self.selector.register(pidfd, selectors.EVENT_READ, (step, process))
-        self.running += 1
+        os.close(out_w)
+        os.close(err_w)
+        pidfd = os.pidfd_open(pid)
+        self.epoll.register(pidfd, select.EPOLLIN)
+        self.running[pidfd] = (step, pid, out_r, err_r)
 
     def _wait(self) -> int:
         finished = 0
-        for key, _ in self.selector.select():
-            step, process = key.data
-            self.selector.unregister(key.fd)
-            os.close(key.fd)
-            process.stdout.read()
-            process.stderr.read()
-            process.stdout.close()
-            process.stderr.close()
-            process.wait()
-            self.running -= 1
+        for pidfd, _ in self.epoll.poll():
+            step, pid, out_r, err_r = self.running.pop(pidfd)
+            self.epoll.unregister(pidfd)
+            os.close(pidfd)
+            for fd in (out_r, err_r):
+                os.read(fd, 65536)
+                os.close(fd)
+            os.waitpid(pid, 0)
             self.ended.append(step)
             self._release(step)
             finished += 1
@@ -134,15 +139,13 @@ class Loop:
 def wall(shape: str, steps: int, args: argparse.Namespace) -> float:
     with tempfile.TemporaryDirectory(prefix="runner-floor-", dir=args.tmp) as folder:
         started = time.perf_counter()
-        loop = Loop(Path(folder), shape, steps, args)
-        loop.run()
+        Loop(Path(folder), shape, steps, args).run()
         return time.perf_counter() - started
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--argv", action="store_true", help="exec true, no shell")
-    parser.add_argument("--no-logs", dest="logs", action="store_false")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--sync",
@@ -151,9 +154,15 @@ def main() -> int:
         help="FULL is runner's; the others size what the fsync costs",
     )
     parser.add_argument("--tmp")
+    parser.add_argument("--shape", choices=("fanout", "chain"))
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--once", metavar="DIR", help="run one loop in DIR, exit")
     args = parser.parse_args()
 
-    for shape in ("fanout", "chain"):
+    if args.once:
+        Loop(Path(args.once), args.shape or "fanout", args.steps, args).run()
+        return 0
+    for shape in (args.shape,) if args.shape else ("fanout", "chain"):
         small = statistics.median(wall(shape, 100, args) for _ in range(args.repeats))
         large = statistics.median(wall(shape, 1000, args) for _ in range(args.repeats))
         slope = (large - small) / 900 * 1000

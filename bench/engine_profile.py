@@ -1,9 +1,10 @@
 """Where runner's time goes per step: one `runner run`, in this process, timed.
 
 Runs the CLI in-process on a generated workflow (the same DAGs as
-bench/engine.py) with timers wrapped around the engine's phases, on the
-driver's thread and on the job threads, and prints milliseconds per step for
-each. The times are inclusive: an indented line is part of the line above it.
+bench/engine.py) with timers wrapped around the engine's phases, and prints
+milliseconds per step for each (wall, and CPU of the thread: the driver's, on
+which every attempt runs too). The times are inclusive: an indented line is
+part of the line above it.
 Modules are imported before the run starts, so start-up is not in the figures
 (see `python -X importtime` for that).
 
@@ -21,7 +22,6 @@ import json
 import os
 import resource
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,7 +34,7 @@ from typing import Any
 from engine import runner_workflow
 
 from runner.cli.main import main as runner_main
-from runner.engine import driver, jobs, lifecycle, process, procinfo, values
+from runner.engine import driver, lifecycle, process, procinfo, reactor, spawn, values
 from runner.report import progress
 from runner.spec import build, schema, validate, yamlload
 from runner.store import sqlite as store
@@ -56,7 +56,8 @@ LOCK = threading.Lock()
 
 
 def add(label: str, seconds: float, cpu: float) -> None:
-    where = "driver" if threading.current_thread() is threading.main_thread() else "job"
+    main = threading.current_thread() is threading.main_thread()
+    where = "driver" if main else "sweep"
     with LOCK:
         timer = TIMERS.setdefault(label, Timer())
         timer.calls += 1
@@ -114,14 +115,12 @@ class TimedConnection:
         with timed(label):
             return self._connection.execute(sql, args)
 
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        with timed("  sqlite statements"):
+            return self._connection.executemany(sql, rows)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._connection, name)
-
-
-class TimedPopen(subprocess.Popen[bytes]):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        with timed("    Popen (fork+exec)"):
-            super().__init__(*args, **kwargs)
 
 
 def instrument() -> None:
@@ -134,6 +133,11 @@ def instrument() -> None:
     wrap(lifecycle, "_record_run", "record run (insert steps)")
 
     wrap(driver.Driver, "_collect", "collect outcomes (incl. waiting)")
+    wrap(reactor.Reactor, "poll", "  reactor poll (wait, then handlers)")
+    wrap(process.Attempt, "_readable", "    output pipe readable")
+    wrap(process.Attempt, "_leader_seen", "    leader exited (pidfd)")
+    wrap(process.Attempt, "_reap", "      reap")
+    wrap(process.Attempt, "_end", "      result to the job")
     wrap(driver.Driver, "_finished", "  finished: decide")
     wrap_function(values, "parse_outputs", "    parse_outputs (open .output)")
     wrap(driver.Driver, "_plan", "plan launches")
@@ -141,23 +145,14 @@ def instrument() -> None:
     wrap(driver.Driver, "_begin", "    begin: env, journal entry")
     wrap(driver.Driver, "_flush", "flush (one transaction)")
     ORDER.extend(["  sqlite BEGIN", "  sqlite statements", "  sqlite COMMIT"])
+    wrap(progress.PlainReporter, "__call__", "  reporter line")
     wrap(driver.Driver, "_start", "start jobs")
-    wrap(threading.Thread, "start", "  Thread.start")
-    wrap(progress.PlainReporter, "__call__", "reporter line")
+    wrap(process.Attempt, "__init__", "  Attempt() (token, streams)")
+    wrap(process.Attempt, "start", "  Attempt.start")
+    wrap_function(spawn, "start", "    spawn.start (pipes, posix_spawn)")
+    wrap_function(process, "_create_log", "create a log file (first output)")
+    wrap_function(procinfo, "read_stat", "read_stat")
 
-    wrap(jobs.Job, "_work", "job thread: whole attempt")
-    wrap(process.Attempt, "__init__", "  Attempt() (token)")
-    wrap_function(process, "_create_log", "  create a log file (first output)")
-    wrap(process.Attempt, "_spawn", "  spawn (pipes, argv, Popen)")
-    ORDER.append("    Popen (fork+exec)")
-    wrap(process.Attempt, "_announce", "  announce (read /proc stat)")
-    wrap(process.Attempt, "_supervise", "  supervise (until leader exits)")
-    wrap(process.Attempt, "_finish_group", "  finish group (kill, pipes EOF)")
-    wrap(process.Attempt, "_reap", "  reap")
-    wrap(process._Stream, "close", "  close log files")
-    wrap_function(procinfo, "read_stat", "  read_stat (any thread)")
-
-    setattr(process, "Popen", TimedPopen)  # noqa: B010 (not exported)
     opened = store.Store._open
 
     def open_timed(self: store.Store) -> Any:
@@ -170,10 +165,7 @@ def what_if(names: list[str], concurrency: int) -> None:
     """Patch in a candidate change, to measure its gain before making it.
 
     normal: synchronous=NORMAL (not durable on power loss: only to size fsync).
-    switch: a 0.5 ms GIL switch interval instead of 5 ms, to size GIL hand-offs.
     """
-    if "switch" in names:
-        sys.setswitchinterval(0.0005)
     if "normal" in names:
         opened = store.Store._open
 
@@ -249,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         dest="changes",
         action="append",
         default=[],
-        choices=("normal", "switch"),
+        choices=("normal",),
         help="measure with a candidate change patched in (see what_if)",
     )
     parser.add_argument("--out", type=Path, default=OUT)

@@ -325,17 +325,20 @@ class Attempt:
     # The reactor's side: deadlines, output, the leader's exit.
 
     def deadline(self) -> float | None:
+        # Read without the lock: interrupt() sets _kill_at, then wakes the
+        # reactor, which asks again.
         if self._finished or self._sweeping:
             return None
-        with self._lock:
-            due = [self._kill_at, self._pipes_due, self._next_look]
-        if not self._timed_out:
-            due.append(self._deadline)
-        times = [t for t in due if t is not None]
-        return min(times) if times else None
+        soonest = None if self._timed_out else self._deadline
+        for due in (self._kill_at, self._pipes_due, self._next_look):
+            if due is not None and (soonest is None or due < soonest):
+                soonest = due
+        return soonest
 
     def tick(self, now: float) -> None:
-        self._guarded(self._tick, now)
+        due = self.deadline()
+        if due is not None and now >= due:
+            self._guarded(self._tick, now)
 
     def _tick(self, now: float) -> None:
         if self._finished or self._sweeping:

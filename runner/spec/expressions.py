@@ -839,6 +839,8 @@ def render_shell(
 
 
 def _substitute(text: str, replace: Callable[[int, Template], str]) -> str:
+    if "${{" not in text:
+        return text  # most commands and values: nothing to look for
     parts: list[str] = []
     last = 0
     for index, template in enumerate(find_templates(text)):

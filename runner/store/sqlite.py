@@ -523,19 +523,27 @@ class Txn:
         return self.connection.execute(sql, args)
 
     def _insert(self, table: str, fields: Mapping[str, Any]) -> None:
-        names = ", ".join(fields)
-        marks = ", ".join("?" * len(fields))
-        self.connection.execute(
-            f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(fields.values())
-        )
+        key = (table, *fields)
+        sql = _SQL.get(key)
+        if sql is None:
+            names, marks = ", ".join(fields), ", ".join("?" * len(fields))
+            sql = _SQL[key] = f"INSERT INTO {table} ({names}) VALUES ({marks})"
+        self.connection.execute(sql, tuple(fields.values()))
 
     def _update(
         self, table: str, fields: Mapping[str, Any], where: str, args: tuple[Any, ...]
     ) -> None:
-        sets = ", ".join(f"{name} = ?" for name in fields)
-        self.connection.execute(
-            f"UPDATE {table} SET {sets} WHERE {where}", (*fields.values(), *args)
-        )
+        key = (table, where, *fields)
+        sql = _SQL.get(key)
+        if sql is None:
+            sets = ", ".join(f"{name} = ?" for name in fields)
+            sql = _SQL[key] = f"UPDATE {table} SET {sets} WHERE {where}"
+        self.connection.execute(sql, (*fields.values(), *args))
+
+
+_SQL: dict[tuple[str, ...], str] = {}
+"""Statements by table and columns: a turn writes the same few shapes again and
+again, and building their text each time cost more than running them."""
 
 
 def _lock_timeout() -> float:
