@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,31 @@ def schema() -> dict[str, Any]:
 
 def schema_problems(root: MapNode, data: Any) -> list[Problem]:
     """Every schema violation in `data`, each at the offending node."""
+    if _accepted(data):
+        return []
     problems: list[Problem] = []
     for error in _validator().iter_errors(data):
         problems.extend(_to_problems(root, error))
     return problems
+
+
+def _accepted(data: Any) -> bool:
+    """Whether the schema compiled to Python (schemas/generate_fast_check.py)
+    finds `data` valid: a few microseconds a step, and no jsonschema to import.
+
+    It only ever says yes. A refusal, or any error of the compiled code on
+    data it did not foresee, leaves the verdict and the messages to jsonschema,
+    so where the two disagree jsonschema's word stands unless the compiled
+    check is the laxer one; tests/unit/test_schema_fast.py looks for that.
+    """
+    from runner.spec import _schema_fast
+
+    check: Callable[[Any], object] = _schema_fast.validate  # generated, untyped
+    try:
+        check(data)
+    except Exception:  # refused, or not foreseen: jsonschema decides
+        return False
+    return True
 
 
 @cache
