@@ -23,7 +23,7 @@ from runner.engine import breakers, jobs, ownership
 from runner.engine.crashpoints import crashpoint
 from runner.engine.driver import LEASE_SECONDS, Driver, Reporter
 from runner.engine.stats import REDRIVABLE
-from runner.engine.values import parse_params
+from runner.engine.values import carried_params, parse_params
 from runner.errors import ChangedError, ExitCode, UsageError
 from runner.spec.model import OnCrash, Workflow
 from runner.spec.validate import checker_id
@@ -212,18 +212,23 @@ def resume_run(
         details = {"run_id": run_id, "message": "nothing to do"}
         reporter("nothing", None, {**details, "status": run["status"]})
         return ExitCode.OK if run["status"] == "succeeded" else ExitCode.RUN_FAILED
+    params = carried_params(workflow, json.loads(run["params"]), run_id)
     epoch, crashed = ownership.acquire(store, run_id, LEASE_SECONDS)
     if crashed and run["recoveries"] + 1 > MAX_RECOVERIES:
         return _give_up(store, run_id, epoch)
-    _reconcile(store, run_id, epoch, workflow, crashed)
+    _reconcile(store, run_id, epoch, workflow, params, crashed)
     crashpoint("resume.after_reconcile")
-    params = json.loads(run["params"])
     reporter("resumed", None, {"run_id": run_id})
     return _drive(store, run_id, workflow, params, concurrency, reporter)
 
 
 def _reconcile(
-    store: Store, run_id: str, epoch: int, workflow: Workflow, crashed: bool
+    store: Store,
+    run_id: str,
+    epoch: int,
+    workflow: Workflow,
+    params: dict[str, Any],
+    crashed: bool,
 ) -> None:
     """Make sure attempts of a dead owner are dead, then reopen their steps."""
     steps = store.steps(run_id)
@@ -251,7 +256,7 @@ def _reconcile(
                 txn.update_step(run_id, row["name"], status="compensating", due_at=None)
             else:
                 _reopen(txn, run_id, row, workflow)
-        _adopt(txn, run, workflow, steps)
+        _adopt(txn, run, workflow, params, steps)
         txn.event("run.resumed", run_id, after_crash=crashed)
 
 
@@ -402,6 +407,7 @@ def redrive_run(
     """
     run_id = run["run_id"]
     check_redrivable(store, run_id)
+    params = carried_params(workflow, json.loads(run["params"]), run_id)
     epoch, _ = ownership.acquire(store, run_id, LEASE_SECONDS)
     held = store.run(run_id)
     assert held is not None
@@ -409,9 +415,8 @@ def redrive_run(
         _release(store, run_id, epoch)
         raise UsageError(_not_redrivable(held))
     with store.write(run_id, epoch) as txn:
-        _reopen_for_redrive(txn, store, held, workflow)
+        _reopen_for_redrive(txn, store, held, workflow, params)
     crashpoint("redrive.after_reopen")
-    params = json.loads(held["params"])
     reporter("redriven", None, {"run_id": run_id})
     return _drive(store, run_id, workflow, params, concurrency, reporter)
 
@@ -422,11 +427,15 @@ def _release(store: Store, run_id: str, epoch: int) -> None:
 
 
 def _reopen_for_redrive(
-    txn: Txn, store: Store, run: dict[str, Any], workflow: Workflow
+    txn: Txn,
+    store: Store,
+    run: dict[str, Any],
+    workflow: Workflow,
+    params: dict[str, Any],
 ) -> None:
     run_id = run["run_id"]
     backward = run["status"] == "compensation_failed"
-    _adopt(txn, run, workflow, store.steps(run_id))
+    _adopt(txn, run, workflow, params, store.steps(run_id))
     for row in store.steps(run_id):  # read again: adopting may remove steps
         if backward and row["status"] == "compensation_failed":
             txn.update_step(
@@ -460,13 +469,18 @@ def _reopen_for_redrive(
 
 
 def _adopt(
-    txn: Txn, run: dict[str, Any], workflow: Workflow, rows: list[dict[str, Any]]
+    txn: Txn,
+    run: dict[str, Any],
+    workflow: Workflow,
+    params: dict[str, Any],
+    rows: list[dict[str, Any]],
 ) -> None:
-    """Give the run the steps of an accepted changed file, and store that file.
+    """Give the run the steps and params of an accepted changed file, and store it.
 
     Steps the file added start pending; rows of steps it removed go (their
-    attempts stay in the history). The stored copy becomes the accepted one,
-    so a later resume or redrive compares the file with what actually runs.
+    attempts stay in the history); params it added take their defaults. The
+    stored copy becomes the accepted one, so a later resume or redrive
+    compares the file with what actually runs.
     """
     if workflow.source == run["source"]:
         return
@@ -488,5 +502,10 @@ def _adopt(
             )
             txn.event("step.added", run_id, name)
     breakers.declare(txn, dict(workflow.circuits))
-    txn.update_run(run_id, source=workflow.source, checked_by=checker_id())
+    txn.update_run(
+        run_id,
+        source=workflow.source,
+        checked_by=checker_id(),
+        params=json.dumps(params),
+    )
     txn.event("run.changes_accepted", run_id)

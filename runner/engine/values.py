@@ -38,6 +38,47 @@ def parse_params(workflow: Workflow, given: Mapping[str, str]) -> dict[str, Any]
     return values
 
 
+def carried_params(
+    workflow: Workflow, given: Mapping[str, Any], run_id: str
+) -> dict[str, Any]:
+    """A run's parameter values for `workflow`, which may be a changed file.
+
+    Values the run was given are kept; a parameter the change added takes its
+    default; one it removed is dropped. A new parameter without a default, or
+    a kept value the change gave another type, cannot be set on resume: that
+    is refused (exit 2) before anything is recorded.
+    """
+    values: dict[str, Any] = {}
+    for name, param in workflow.params.items():
+        if name in given:
+            if not _has_type(given[name], param.type):
+                raise UsageError(
+                    f"the changed workflow makes parameter '{name}' {param.type}, "
+                    f"but run {run_id} has {given[name]!r}; use --original, "
+                    "or keep its type"
+                )
+            values[name] = given[name]
+        elif param.has_default:
+            values[name] = param.default
+        else:
+            raise UsageError(
+                f"the changed workflow adds parameter '{name}' with no default, "
+                f"which run {run_id} was never given; give it a default, or "
+                "use --original"
+            )
+    return values
+
+
+def _has_type(value: Any, kind: str) -> bool:
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (kind == "number" and isinstance(value, float))
+
+
 def _typed(name: str, kind: str, text: str) -> Any:
     if "\x00" in text:
         raise UsageError(f"parameter '{name}' contains a NUL byte")

@@ -526,6 +526,26 @@ def test_redrive_proceeds_with_the_chosen_definition(
     assert runner.status("r1")["status"] == "succeeded"
 
 
+def test_a_redrive_with_accepted_changes_sets_the_params_they_add(
+    runner: Cli, workflow: Workflow, tmp_path: Path
+) -> None:
+    """The changed file's new param takes its default in the redriven steps."""
+    document: dict[str, Any] = {
+        "version": 1,
+        "name": "edit",
+        "steps": {"deploy": {"run": "exit 1", "retry": {"max_attempts": 1}}},
+    }
+    failed_run(runner, workflow(document), "r1")
+    document["params"] = {"region": {"type": "string", "default": "eu"}}
+    document["steps"]["deploy"]["run"] = "echo ${{ params.region }} > region.txt"
+    workflow(document)
+
+    done = runner("redrive", "r1", "--accept-changes")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "region.txt").read_text() == "eu\n"
+
+
 def test_accepted_changes_become_the_copy_later_commands_compare_with(
     runner: Cli, workflow: Workflow, tmp_path: Path
 ) -> None:

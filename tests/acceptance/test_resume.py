@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -220,6 +221,75 @@ def test_a_copy_another_validator_checked_is_checked_again(runner, workflow, tmp
     assert done.returncode == 2, done.stdout + done.stderr
     assert "the stored copy of run r1 no longer validates" in done.stderr
     assert not (tmp_path / "trace.txt").exists()
+
+
+def _cut_short_with_params(workflow, runner, params: dict | None = None) -> dict:
+    """A run of `greet` cut short before its only step worked; its document."""
+    document = {
+        "version": 1,
+        "name": "greet",
+        "params": params or {"who": {"type": "string", "default": "world"}},
+        "steps": {"greet": {"run": "echo hello ${{ params.who }} > greeting.txt"}},
+    }
+    path = workflow(document)
+    crash(runner, "run", str(path), "--run-id", "r1", point="step.after_start_commit")
+    return document
+
+
+def test_a_param_an_accepted_change_adds_takes_its_default(
+    runner, workflow, tmp_path
+):
+    """A new param with a default is set on resume; the given ones are kept."""
+    document = _cut_short_with_params(workflow, runner)
+    document["params"]["times"] = {"type": "integer", "default": 2}
+    document["steps"]["greet"]["run"] = (
+        "echo hello ${{ params.who }} ${{ params.times }} > greeting.txt"
+    )
+    workflow(document)
+
+    done = runner("resume", "r1", "--accept-changes")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "greeting.txt").read_text() == "hello world 2\n"
+    db = runner.state / "state.db"
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        (params,) = connection.execute("SELECT params FROM runs").fetchone()
+    assert json.loads(params) == {"who": "world", "times": 2}
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (
+            {"target": {"type": "string"}},
+            "the changed workflow adds parameter 'target' with no default",
+        ),
+        (
+            {"who": {"type": "integer", "default": 1}},
+            "the changed workflow makes parameter 'who' integer, but run r1 has "
+            "'world'",
+        ),
+    ],
+    ids=["required-param-added", "type-changed"],
+)
+def test_a_param_change_resume_cannot_honour_exits_2_and_changes_nothing(
+    runner, workflow, tmp_path, change, words
+):
+    """A new required param, or a given value of the wrong type: exit 2, no trace."""
+    document = _cut_short_with_params(workflow, runner)
+    before = stored(runner, "r1")
+    document["params"].update(change)
+    workflow(document)
+
+    done = runner("resume", "r1", "--accept-changes")
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert words in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "greeting.txt").exists()
+    assert stored(runner, "r1") == before
+    assert runner("resume", "r1", "--original").returncode == 0
 
 
 # Crashes (FAULTS A4, A8, V7) ------------------------------------------------------
