@@ -17,10 +17,15 @@ def waits_for_redrive(run_status: str, step_status: str) -> bool:
 
 
 def recovery_stats(store: Store) -> dict[str, Any]:
+    # A success counts as after retry if an attempt of the same step failed
+    # before it, in this redrive or an earlier one (a redrive starts the count
+    # of attempts again, so the event's own count is not enough).
     rows = store.select(
-        "SELECT kind, detail FROM events WHERE kind IN ('step.succeeded', "
-        "'retry.scheduled', 'circuit.opened', 'circuit.closed', 'circuit.refused', "
-        "'step.failed', 'retry.exhausted')"
+        "SELECT kind, detail, kind = 'step.succeeded' AND EXISTS (SELECT 1 FROM "
+        "events AS f WHERE f.run_id = e.run_id AND f.id < e.id AND "
+        "f.step = e.step AND f.kind = 'run.attempt_failed') FROM events AS e "
+        "WHERE kind IN ('step.succeeded', 'retry.scheduled', 'circuit.opened', "
+        "'circuit.closed', 'circuit.refused', 'step.failed', 'retry.exhausted')"
     )
     totals: dict[str, Any] = {
         "succeeded_first_attempt": 0,
@@ -32,20 +37,18 @@ def recovery_stats(store: Store) -> dict[str, Any]:
         "permanent_failures": 0,
         "retries_exhausted": 0,
     }
-    for kind, text in rows:
-        _count(totals, kind, json.loads(text) if text else {})
+    for kind, text, failed_before in rows:
+        _count(totals, kind, json.loads(text) if text else {}, bool(failed_before))
     totals["pending_redrive"] = _pending_redrive(store)
     return totals
 
 
-def _count(totals: dict[str, Any], kind: str, detail: dict[str, Any]) -> None:
+def _count(
+    totals: dict[str, Any], kind: str, detail: dict[str, Any], failed_before: bool
+) -> None:
     if kind == "step.succeeded":
-        key = (
-            "succeeded_after_retry"
-            if detail.get("attempts", 1) > 1
-            else ("succeeded_first_attempt")
-        )
-        totals[key] += 1
+        retried = failed_before or detail.get("attempts", 1) > 1
+        totals["succeeded_after_retry" if retried else "succeeded_first_attempt"] += 1
     elif kind == "retry.scheduled" and detail.get("of", "run") == "run":
         error_class = detail.get("error_class", "intermittent")
         totals["retries_by_class"][error_class] += 1

@@ -134,3 +134,33 @@ def test_stats_total_a_scripted_sequence_of_recoveries(runner, workflow, tmp_pat
     text = runner("stats")
     assert text.returncode == 0
     assert "pending_redrive" in text.stdout
+
+
+def test_a_step_that_succeeds_after_a_redrive_counts_as_after_retry(
+    runner, workflow, tmp_path
+):
+    """A redrive starts the attempt count again; the earlier failure still counts."""
+    flag = tmp_path / "fixed"
+    document = {
+        "version": 1,
+        "name": "fix-later",
+        "steps": {
+            "first": {"run": "true"},
+            "later": {
+                "needs": ["first"],
+                "run": f"test -e '{flag}' || {{ echo 'service unavailable'; exit 1; }}",
+                "retry": {"max_attempts": 1},
+            },
+        },
+    }
+    path = workflow(document)
+    assert runner("run", str(path), "--run-id", "r1").returncode == 1
+    assert stats(runner)["pending_redrive"] == 1
+    flag.touch()
+
+    assert runner("redrive", "r1").returncode == 0
+
+    document = stats(runner)
+    assert document["succeeded_first_attempt"] == 1
+    assert document["succeeded_after_retry"] == 1
+    assert document["pending_redrive"] == 0
