@@ -171,8 +171,16 @@ def logs(run_id: str, step: str | None) -> None:
         and step not in {row["name"] for row in store.steps(run_id)}
     ):
         raise UsageError(f"run {run_id} has no step '{step}'")
+    redrives = [event["at"] for event in store.events(run_id, "run.redriven")]
     out = sys.stdout.buffer
+    shown = 0
     for attempt in attempts:
+        # Attempt numbers start again at 1 after a redrive: say where.
+        while shown < len(redrives) and redrives[shown] <= attempt["started_at"]:
+            shown += 1
+            when = iso(redrives[shown - 1])
+            mark = f"== redrive {shown} at {when}: attempts counted from 1 again =="
+            out.write(mark.encode() + b"\n")
         head = (
             f"== {attempt['step']} {attempt['kind']} attempt {attempt['number']} "
             f"({attempt['status']}"

@@ -408,11 +408,16 @@ class Store:
         rows = self.select(query + " ORDER BY started_at, seq", args)
         return [dict(zip(ATTEMPT_COLUMNS, row, strict=True)) for row in rows]
 
-    def events(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        query = "SELECT id, at, run_id, step, kind, detail FROM events"
+    def events(
+        self, run_id: str | None = None, kind: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Events, oldest first; of one run, of one kind, when given."""
+        query = "SELECT id, at, run_id, step, kind, detail FROM events WHERE 1 = 1"
         args: tuple[str, ...] = ()
         if run_id is not None:
-            query, args = query + " WHERE run_id = ?", (run_id,)
+            query, args = query + " AND run_id = ?", (*args, run_id)
+        if kind is not None:
+            query, args = query + " AND kind = ?", (*args, kind)
         rows = self.select(query + " ORDER BY id", args)
         keys = ("id", "at", "run_id", "step", "kind", "detail")
         return [dict(zip(keys, row, strict=True)) for row in rows]

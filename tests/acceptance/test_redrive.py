@@ -169,12 +169,19 @@ def test_redrive_gives_the_exhausted_step_a_fresh_budget_and_keeps_its_history(
         (2, "succeeded"),
     ]
     lines = runner("logs", "r1", "flaky").stdout.splitlines()
-    assert [line.split("(")[0] for line in lines if line.startswith("==")] == [
+    heads = [
+        "redrive mark" if line.startswith("== redrive 1 at ") else line.split("(")[0]
+        for line in lines
+        if line.startswith("==")
+    ]
+    assert heads == [
         "== flaky run attempt 1 ",
         "== flaky run attempt 2 ",
+        "redrive mark",
         "== flaky run attempt 1 ",
         "== flaky run attempt 2 ",
     ]
+    assert any(line.endswith(": attempts counted from 1 again ==") for line in lines)
     assert [line for line in lines if line.startswith("call")] == [
         f"call {n}" for n in range(1, 5)
     ]
