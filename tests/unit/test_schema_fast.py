@@ -82,12 +82,13 @@ def test_every_valid_workflow_takes_the_fast_path(path: Path) -> None:
     assert fast_accepts(data)
 
 
-@pytest.mark.parametrize("path", INVALID_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [p for p in INVALID_FILES if data_of(p) is not None], ids=lambda p: p.name
+)
 def test_no_invalid_workflow_is_accepted_by_the_fast_path_alone(path: Path) -> None:
-    """On the invalid corpus, a fast "valid" always agrees with jsonschema."""
+    """On the invalid corpus (what gets past the loader), a fast "valid" always
+    agrees with jsonschema."""
     data = data_of(path)
-    if data is None:
-        pytest.skip("refused before the schema")
 
     if fast_accepts(data):
         assert jsonschema_accepts(data)
