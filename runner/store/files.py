@@ -46,8 +46,7 @@ def corrupt(path: str, detail: object) -> str:
 
 def create_database(path: str, initialise: Initialise) -> None:
     """Make `path` a complete database, unless another process made it first."""
-    folder = os.path.dirname(path)
-    temp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+    temp = _temp_beside(path)
     try:
         _build(temp, initialise)
         _link_into_place(temp, path)
@@ -61,9 +60,19 @@ def create_database(path: str, initialise: Initialise) -> None:
         _remove_with_companions(temp)
 
 
-def _build(temp: str, initialise: Initialise) -> None:
+def _temp_beside(path: str) -> str:
+    """A new private file's name in `path`'s folder (stale ones are cleaned up)."""
+    name = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    return os.path.join(os.path.dirname(path), name)
+
+
+def _create_private(temp: str) -> None:
     flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     os.close(os.open(temp, flags, 0o600))  # SQLite's own files copy this mode
+
+
+def _build(temp: str, initialise: Initialise) -> None:
+    _create_private(temp)
     connection = sqlite3.connect(temp, isolation_level=None)
     try:
         connection.execute("PRAGMA synchronous = FULL")
@@ -75,12 +84,7 @@ def _build(temp: str, initialise: Initialise) -> None:
         connection.execute("PRAGMA journal_mode = WAL")
     finally:
         connection.close()
-
-    descriptor = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    _fsync_file(temp)
 
 
 def back_up(path: str, label: str) -> str:
@@ -90,12 +94,9 @@ def back_up(path: str, label: str) -> str:
     lock meanwhile. An earlier backup of the same label is kept, not replaced.
     """
     target = f"{path}.{label}-backup"
-    temp = os.path.join(
-        os.path.dirname(path), f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-    )
+    temp = _temp_beside(path)
     try:
-        flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-        os.close(os.open(temp, flags, 0o600))
+        _create_private(temp)
         source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         copy = sqlite3.connect(temp)
         try:
