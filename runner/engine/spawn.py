@@ -117,28 +117,39 @@ def _spawn(
         ]
         _enter(command, cwd)
         try:
-            # A remembered program that moved is looked up once more.
-            for fresh in (gated, True):
-                path, argv = _argv(command, cwd, env, gated, fresh=fresh)
-                try:
-                    return os.posix_spawn(
-                        path,
-                        argv,
-                        env,
-                        file_actions=actions,
-                        setsid=True,
-                        setsigdef=_DEFAULT_SIGNALS,
-                        setsigmask=(),
-                    )
-                except OSError as error:
-                    if fresh or error.errno not in _STALE or _named_by_path(command):
-                        raise
-            raise AssertionError("unreachable: the second try is fresh")
+            try:
+                return _exec(command, cwd, env, gated, actions, fresh=gated)
+            except OSError as error:
+                if gated or error.errno not in _STALE or _named_by_path(command):
+                    raise
+                # The remembered program moved since it was looked up.
+                return _exec(command, cwd, env, gated, actions, fresh=True)
         except (OSError, ValueError) as error:
             problem = _spawn_problem(error, command, env)
             raise CannotStart(_cannot_start(command, cwd, problem)) from error
         finally:
             os.fchdir(_Process.home)
+
+
+def _exec(
+    command: Command,
+    cwd: str,
+    env: Mapping[str, str],
+    gated: bool,
+    actions: list[tuple[int, int, int]],
+    *,
+    fresh: bool,
+) -> int:
+    path, argv = _argv(command, cwd, env, gated, fresh=fresh)
+    return os.posix_spawn(
+        path,
+        argv,
+        env,
+        file_actions=actions,
+        setsid=True,
+        setsigdef=_DEFAULT_SIGNALS,
+        setsigmask=(),
+    )
 
 
 def _prepare_process() -> None:

@@ -14,10 +14,12 @@ from runner.engine.process import Attempt, AttemptResult, AttemptSpec
 REPO = Path(__file__).resolve().parents[2]
 
 
-def attempt(tmp_path: Path, command: str | tuple[str, ...], **env: str) -> Attempt:
+def attempt(
+    tmp_path: Path, command: str | tuple[str, ...], cwd: Path | None = None, **env: str
+) -> Attempt:
     spec = AttemptSpec(
         command=command,
-        cwd=str(tmp_path),
+        cwd=str(cwd or tmp_path),
         env={"PATH": os.environ.get("PATH", os.defpath), **env},
         timeout=10.0,
         kill_grace=1.0,
@@ -62,17 +64,8 @@ def test_the_runner_keeps_its_own_working_directory(tmp_path: Path) -> None:
     folder = tmp_path / "work"
     folder.mkdir()
     before = os.getcwd()
-    spec = AttemptSpec(
-        command=("pwd",),
-        cwd=str(folder),
-        env={"PATH": os.environ.get("PATH", os.defpath)},
-        timeout=10.0,
-        kill_grace=1.0,
-        stdout_path=str(tmp_path / "stdout.log"),
-        stderr_path=str(tmp_path / "stderr.log"),
-    )
 
-    result = Attempt(spec).run()
+    result = attempt(tmp_path, ("pwd",), cwd=folder).run()
 
     assert result.exit_code == 0
     assert stdout_of(tmp_path).strip() == str(folder)
